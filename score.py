@@ -1,0 +1,550 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Image reward metrics shared by every script in this collection (the one shared module).
+
+Six text-to-image metrics behind one interface, each loaded once and scored in batches:
+
+| name          | model                                                    | score (higher is better)                  | typical  |
+|---------------|----------------------------------------------------------|-------------------------------------------|----------|
+| `hpsv2`       | HPSv2.1: open_clip ViT-H-14 + `xswu/HPSv2` `HPS_v2.1_compressed.pt` | cos(image, text), no logit scale  | 0.24-0.30|
+| `clip`        | OpenAI CLIP ViT-L/14 (`openai/clip-vit-large-patch14`)   | raw cos(image, text): no x100, no clamp  | 0.26-0.29|
+| `aesthetic`   | LAION improved aesthetic predictor (sac+logos+ava1 MLP) on L2-normalised CLIP ViT-L/14 image embeddings | MLP output | 1-10 |
+| `pickscore`   | `yuvalkirstain/PickScore_v1`, processor `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` | logit_scale.exp() * cos | 18-24 |
+| `imagereward` | `THUDM/ImageReward` (`ImageReward.pt`, `med_config.json`) on transformers' BLIP modules | (r - 0.16717) / 1.03334, no +3.1 offset | -0.2-1.0 |
+| `mps`         | Kwai-Kolors MPS "overall"                                | not implemented here: see `load_scorer`   | 10-12.5  |
+
+Papers: HPSv2 (Wu et al. 2023, arXiv 2306.09341), CLIPScore (Hessel et al. 2021), LAION aesthetic predictor
+(github.com/christophschuhmann/improved-aesthetic-predictor), PickScore (Kirstain et al. 2023, arXiv 2305.01569),
+ImageReward (Xu et al. 2023, arXiv 2304.05977), MPS (Zhang et al. 2024, arXiv 2405.14705).
+
+Differences from the reference packages:
+1. No `hpsv2` / `image-reward` dependency: the PyPI `hpsv2` wheel lacks its BPE vocabulary and pins pytest/protobuf,
+   and `image-reward` pins timm 0.6 and imports helpers that transformers 5 removed. We load the very same weights:
+   HPS into stock open_clip, ImageReward onto transformers' `BlipVisionModel` / `BlipTextModel` (every checkpoint
+   tensor is mapped; see `_imagereward_state_dict`).
+2. HPS preprocessing (resize the longest side, zero-pad to a square) is re-stated with torchvision; `hpsv2.score`
+   defaults to v2.0 and reloads the checkpoint on every call, we default to v2.1 and load once.
+3. Images are scored in batches; ImageReward's own `inference_rank` loops over images one at a time.
+
+Library use (every model location is a hub id, a local folder or file; keyword > environment variable > default):
+
+    import score
+    scorer = score.load_scorer("hpsv2")                       # SCORE_HPS_CHECKPOINT=/my/dir overrides the location
+    scorer([pil_image], ["a cat in the rain"])                # -> [0.27...]
+    multi = score.MultiScorer({"hpsv2": 1.0, "pickscore": 0.5})
+    total, details = multi(images, prompts)                   # total[i] = sum_w w * details[name][i]
+
+CLI (one tool for every metric; images sorted by path and paired with the prompts in order):
+
+    python score.py --metrics hpsv2,pickscore --images samples/epd --pattern "**/*.png" \
+        --prompts prompts.txt --output-json scores.json
+
+Prompts: `.txt` (one per line), `.csv` (a `text` column) or `.json` (a list of strings). Prints a table and writes
+count/mean/std/min/max per metric plus every image's scores. User errors exit with code 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METRICS = ("hpsv2", "clip", "aesthetic", "pickscore", "imagereward", "mps")
+
+# Where each model lives: keyword of load_scorer -> default hub location. Environment variable SCORE_<KEY> overrides.
+LOCATIONS = {
+    "hps_checkpoint": "xswu/HPSv2",  # repo id, folder or .pt file
+    "hps_arch": "ViT-H-14",  # open_clip architecture name, or a model-config .json (registered on the fly)
+    "clip_model": "openai/clip-vit-large-patch14",  # also the aesthetic predictor's backbone
+    "aesthetic_head": "trl-lib/ddpo-aesthetic-predictor",  # the sac+logos+ava1-l14-linearMSE weights (3.7 MB)
+    "pickscore_model": "yuvalkirstain/PickScore_v1",
+    "pickscore_processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    "imagereward_checkpoint": "THUDM/ImageReward",  # folder or repo holding ImageReward.pt + med_config.json
+    "imagereward_tokenizer": "bert-base-uncased",  # BLIP's tokenizer: BERT + [DEC] bos + [ENC]
+}
+HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, used by HPS and ImageReward
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# ImageReward's dataset normalisation (THUDM/ImageReward ImageReward/ImageReward.py: self.mean, self.std)
+IMAGEREWARD_MEAN, IMAGEREWARD_STD = 0.16717362830052426, 1.0333394966054072
+DEFINITIONS = {
+    "hpsv2": "HPSv2.1 cosine(image, text) of L2-normalised open_clip ViT-H-14 features, no logit scale",
+    "clip": "CLIP ViT-L/14 raw cosine(image, text), not x100, not clamped",
+    "aesthetic": "LAION improved aesthetic predictor MLP on the L2-normalised CLIP ViT-L/14 image embedding",
+    "pickscore": "PickScore_v1 logit_scale.exp() * cosine(image, text), raw (not /26)",
+    "imagereward": "ImageReward (r - 0.16717) / 1.03334, standard normalisation (no +3.1 offset)",
+}
+
+
+def locate(key: str, overrides: dict) -> str:
+    """Keyword argument, then environment variable SCORE_<KEY>, then the default hub location."""
+    return str(overrides.get(key) or os.environ.get(f"SCORE_{key.upper()}") or LOCATIONS[key])
+
+
+def resolve_file(location: str, filename: str) -> str:
+    """A file path as is, `filename` inside a folder, else `filename` downloaded from the hub repo `location`."""
+    if os.path.isfile(location):
+        return location
+    if os.path.isdir(location):
+        path = os.path.join(location, filename)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(location, filename)
+
+
+def default_device_dtype(device=None, dtype=None):
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:  # half precision on GPU; fp32 on CPU, where fp16 matmuls are slow or unsupported
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+def to_pil_list(images) -> list:
+    """PIL images pass through; a float tensor [B, 3, H, W] in [0, 1] (e.g. a VAE decode) becomes PIL images."""
+    import torch
+
+    if isinstance(images, torch.Tensor):
+        from torchvision.transforms.functional import to_pil_image
+
+        return [to_pil_image(img.detach().float().clamp(0, 1).cpu()) for img in images]
+    return [img.convert("RGB") for img in images]
+
+
+def build_reward_mlp(state_dict: dict):
+    """The 5-linear head shared by the LAION aesthetic predictor and ImageReward (dropouts between, no activations).
+
+    Both checkpoints name its layers `layers.{0,2,4,6,7}` (nn.Sequential with Dropouts at 1, 3, 5); the widths are
+    read from the weights (768-1024-128-64-16-1 for the real ones) so tiny test checkpoints load through this code.
+    """
+    import torch.nn as nn
+
+    d = [state_dict["layers.0.weight"].shape[1]] + [state_dict[f"layers.{i}.weight"].shape[0] for i in (0, 2, 4, 6, 7)]
+    layers = nn.Sequential(
+        nn.Linear(d[0], d[1]), nn.Dropout(0.2), nn.Linear(d[1], d[2]), nn.Dropout(0.2),
+        nn.Linear(d[2], d[3]), nn.Dropout(0.1), nn.Linear(d[3], d[4]), nn.Linear(d[4], d[5]),
+    )  # fmt: skip
+    layers.load_state_dict({k.removeprefix("layers."): v for k, v in state_dict.items()})  # strict: all must match
+    return layers.eval().requires_grad_(False)
+
+
+@functools.cache
+def load_clip(location: str, device, dtype):
+    """transformers CLIPModel + processor, cached so `clip` and `aesthetic` share one ViT-L/14."""
+    from transformers import AutoProcessor, CLIPModel
+
+    model = CLIPModel.from_pretrained(location, dtype=dtype).to(device).eval().requires_grad_(False)
+    return model, AutoProcessor.from_pretrained(location)
+
+
+def clip_features(model, processor, images, prompts, device):
+    """L2-normalised projected (image, text) embeddings; transformers 5 returns an output object, 4 a tensor."""
+    import torch.nn.functional as F
+
+    dtype = model.dtype
+    px = processor(images=images, return_tensors="pt")["pixel_values"].to(device, dtype)
+    img = model.get_image_features(pixel_values=px)
+    img = getattr(img, "pooler_output", img)
+    txt = None
+    if prompts is not None:
+        tok = processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
+        txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+        txt = F.normalize(getattr(txt, "pooler_output", txt).float(), dim=-1)
+    return F.normalize(img.float(), dim=-1), txt
+
+
+class Scorer:
+    """Callable `(images, prompts) -> list[float]`: batching, no_grad and input checks around `score_batch`."""
+
+    name = ""
+
+    def __init__(self, device=None, dtype=None, batch_size: int = 16, **locations):
+        self.device, self.dtype = default_device_dtype(device, dtype)
+        self.batch_size = batch_size
+        self.definition = DEFINITIONS.get(self.name, self.name)
+        self.load(locations)
+
+    def load(self, locations: dict):
+        raise NotImplementedError
+
+    def score_batch(self, images: list, prompts: list[str]):
+        raise NotImplementedError
+
+    def __call__(self, images, prompts) -> list[float]:
+        import torch
+
+        images, prompts = to_pil_list(images), list(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"{self.name}: {len(images)} images but {len(prompts)} prompts")
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), self.batch_size):
+                chunk = slice(i, i + self.batch_size)
+                out += self.score_batch(images[chunk], prompts[chunk]).float().cpu().tolist()
+        return out
+
+
+class HPSv2Scorer(Scorer):
+    """HPSv2 (github.com/tgxs002/HPSv2): open_clip ViT-H-14 fine-tuned on human preferences; v2.1 by default."""
+
+    name = "hpsv2"
+
+    def load(self, locations):
+        import open_clip
+
+        version = locations.get("hps_version", "v2.1")
+        if version not in HPS_FILES:
+            raise ValueError(f"hps_version must be one of {sorted(HPS_FILES)}, got {version!r}")
+        self.definition = DEFINITIONS["hpsv2"].replace("HPSv2.1", f"HPS{version}")
+        arch = locate("hps_arch", locations)
+        if arch.endswith(".json"):  # a custom open_clip config (the tests' tiny ViT) registered under its file stem
+            open_clip.add_model_config(arch)
+            arch = Path(arch).stem
+        ckpt = resolve_file(locate("hps_checkpoint", locations), HPS_FILES[version])
+        # open_clip reads the {"state_dict": ...} file itself (strict, weights_only); no 3.9 GB LAION download first
+        model = open_clip.create_model(arch, pretrained=ckpt)
+        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        size = model.visual.image_size
+        self.size = size[0] if isinstance(size, (tuple, list)) else size
+
+    def preprocess(self, image):
+        """HPS `preprocess_val`: bicubic resize of the longest side to 224, zero-pad to a centred square, CLIP norm."""
+        import torchvision.transforms.functional as TF
+
+        w, h = image.size
+        scale = self.size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        x = TF.to_tensor(image.resize((nw, nh), resample=3))  # 3 = PIL.Image.BICUBIC
+        left, top = (self.size - nw) // 2, (self.size - nh) // 2
+        x = TF.pad(x, [left, top, self.size - nw - left, self.size - nh - top], fill=0)
+        return TF.normalize(x, CLIP_MEAN, CLIP_STD)
+
+    def score_batch(self, images, prompts):
+        import torch
+
+        px = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
+        img = self.model.encode_image(px, normalize=True).float()
+        txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
+        return (img * txt).sum(-1)
+
+
+class ClipScorer(Scorer):
+    """Raw cosine similarity of CLIP ViT-L/14 image and text embeddings (RLEPD `score_clip`, Promptist relevance)."""
+
+    name = "clip"
+
+    def load(self, locations):
+        self.model, self.processor = load_clip(locate("clip_model", locations), self.device, self.dtype)
+
+    def score_batch(self, images, prompts):
+        img, txt = clip_features(self.model, self.processor, images, prompts, self.device)
+        return (img * txt).sum(-1)
+
+
+class AestheticScorer(Scorer):
+    """LAION improved aesthetic predictor: MLP on the L2-normalised CLIP ViT-L/14 image embedding (prompt unused)."""
+
+    name = "aesthetic"
+
+    def load(self, locations):
+        import torch
+
+        self.model, self.processor = load_clip(locate("clip_model", locations), self.device, self.dtype)
+        head = resolve_file(locate("aesthetic_head", locations), "aesthetic-model.pth")
+        state = torch.load(head, map_location="cpu", weights_only=True)
+        self.head = build_reward_mlp(state).to(self.device)  # fp32: the head is tiny and the score is a regression
+
+    def score_batch(self, images, prompts):
+        img, _ = clip_features(self.model, self.processor, images, None, self.device)
+        return self.head(img).squeeze(-1)
+
+
+class PickScorer(Scorer):
+    """PickScore_v1: a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences; logit_scale.exp() * cosine."""
+
+    name = "pickscore"
+
+    def load(self, locations):
+        from transformers import AutoProcessor, CLIPModel
+
+        model = CLIPModel.from_pretrained(locate("pickscore_model", locations), dtype=self.dtype)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.processor = AutoProcessor.from_pretrained(locate("pickscore_processor", locations))
+
+    def score_batch(self, images, prompts):
+        img, txt = clip_features(self.model, self.processor, images, prompts, self.device)
+        return self.model.logit_scale.exp().float() * (img * txt).sum(-1)
+
+
+def _imagereward_state_dict(ckpt: dict, num_vision_layers: int) -> tuple[dict, dict, dict, dict]:
+    """Map every tensor of `ImageReward.pt` onto (BlipVisionModel, BlipTextModel, projections, reward MLP) keys.
+
+    Upstream layout (THUDM/ImageReward ImageReward/models/BLIP: BLIP_Pretrain(vit="large") + MLP(768)):
+    `blip.visual_encoder.*` is BLIP's timm-style ViT, `blip.text_encoder.*` its MED BERT with cross-attention,
+    `blip.{vision,text}_proj.*` the ITC projections (stored, unused by the reward), `mlp.layers.*` the reward head.
+    Raises KeyError naming any tensor that would be left unmapped, so a silently half-loaded model cannot happen.
+    """
+    import torch
+
+    vision, text, proj, mlp = {}, {}, {}, {}
+    vit_names = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",
+                 "attn.proj": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}  # fmt: skip
+    vit_top = {"cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
+               "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
+               "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+               "norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias"}  # fmt: skip
+    for key, value in ckpt.items():
+        if key.startswith("blip.visual_encoder."):
+            k = key.removeprefix("blip.visual_encoder.")
+            if k in vit_top:
+                vision[vit_top[k]] = value
+                continue
+            block, idx, rest = k.split(".", 2)
+            name, _, param = rest.rpartition(".")
+            if block != "blocks" or name not in vit_names or int(idx) >= num_vision_layers:
+                raise KeyError(f"unmapped ImageReward tensor {key}")
+            vision[f"encoder.layers.{idx}.{vit_names[name]}.{param}"] = value
+        elif key.startswith("blip.text_encoder."):
+            k = key.removeprefix("blip.text_encoder.")
+            if k == "embeddings.position_ids":  # a persistent buffer in MED, non-persistent in transformers
+                if not torch.equal(value.flatten().long(), torch.arange(value.numel())):
+                    raise KeyError(f"{key} is not 0..n-1")
+                continue
+            text[k] = value  # MED BertModel and BlipTextModel share names (transformers ports med.py)
+        elif key.startswith(("blip.vision_proj.", "blip.text_proj.")):
+            proj[key.removeprefix("blip.")] = value
+        elif key.startswith("mlp."):
+            mlp[key.removeprefix("mlp.")] = value
+        else:
+            raise KeyError(f"unmapped ImageReward tensor {key}")
+    return vision, text, proj, mlp
+
+
+class ImageRewardScorer(Scorer):
+    """ImageReward (github.com/THUDM/ImageReward): BLIP ViT-L image tokens cross-attended by the prompt; MLP on [CLS]."""
+
+    name = "imagereward"
+
+    def load(self, locations):
+        import torch
+        import torch.nn as nn
+        from transformers import AutoTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+        where = locate("imagereward_checkpoint", locations)
+        ckpt = torch.load(resolve_file(where, "ImageReward.pt"), map_location="cpu", weights_only=True)
+        with open(resolve_file(where, "med_config.json")) as f:
+            med = json.load(f)
+        depth = 1 + max(int(k.split(".")[3]) for k in ckpt if k.startswith("blip.visual_encoder.blocks."))
+        vision_sd, text_sd, proj_sd, mlp_sd = _imagereward_state_dict(ckpt, depth)
+        width = vision_sd["embeddings.position_embedding"].shape[-1]
+        patch = vision_sd["embeddings.patch_embedding.weight"].shape[-1]
+        grid = math.isqrt(vision_sd["embeddings.position_embedding"].shape[1] - 1)
+        vision_cfg = BlipVisionConfig(
+            hidden_size=width, intermediate_size=vision_sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
+            num_hidden_layers=depth, num_attention_heads=max(1, width // 64),  # BLIP ViT-B/L: 64-dim heads
+            image_size=grid * patch, patch_size=patch, layer_norm_eps=1e-6, hidden_act="gelu",
+        )  # fmt: skip
+        text_cfg = BlipTextConfig(
+            vocab_size=med["vocab_size"], hidden_size=med["hidden_size"], encoder_hidden_size=width,
+            intermediate_size=med["intermediate_size"], num_hidden_layers=med["num_hidden_layers"],
+            num_attention_heads=med["num_attention_heads"], max_position_embeddings=med["max_position_embeddings"],
+            layer_norm_eps=med.get("layer_norm_eps", 1e-12), hidden_act=med.get("hidden_act", "gelu"), is_decoder=True,
+        )  # fmt: skip
+        self.vision = BlipVisionModel(vision_cfg)
+        self.text = BlipTextModel(text_cfg, add_pooling_layer=False)
+        self.proj = nn.ModuleDict(
+            {k: nn.Linear(*proj_sd[f"{k}.weight"].shape[::-1]) for k in ("vision_proj", "text_proj")}
+        )
+        self.vision.load_state_dict(vision_sd, strict=True)
+        self.text.load_state_dict(text_sd, strict=True)
+        self.proj.load_state_dict(proj_sd, strict=True)
+        self.head = build_reward_mlp(mlp_sd).to(self.device)
+        for m in (self.vision, self.text):
+            m.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(locate("imagereward_tokenizer", locations))
+        if "[DEC]" not in self.tokenizer.get_vocab():  # BLIP's init_tokenizer adds [DEC] as bos and [ENC]
+            self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+        self.size = vision_cfg.image_size
+
+    def preprocess(self, image):
+        """ImageReward `_transform(224)`: bicubic resize of the short side, centre crop, CLIP normalisation."""
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
+        x = TF.center_crop(TF.resize(image, self.size, interpolation=InterpolationMode.BICUBIC), self.size)
+        return TF.normalize(TF.to_tensor(x), CLIP_MEAN, CLIP_STD)
+
+    def score_batch(self, images, prompts):
+        import torch
+
+        px = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
+        tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+        image_embeds = self.vision(pixel_values=px).last_hidden_state
+        out = self.text(
+            input_ids=tok["input_ids"].to(self.device),
+            attention_mask=tok["attention_mask"].to(self.device),
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
+        )
+        reward = self.head(out.last_hidden_state[:, 0].float()).squeeze(-1)
+        return (reward - IMAGEREWARD_MEAN) / IMAGEREWARD_STD
+
+
+SCORERS = {"hpsv2": HPSv2Scorer, "clip": ClipScorer, "aesthetic": AestheticScorer, "pickscore": PickScorer,
+           "imagereward": ImageRewardScorer}  # fmt: skip
+
+
+def load_scorer(name: str, device=None, dtype=None, batch_size: int = 16, **locations) -> Scorer:
+    """Load metric `name` once; returns a callable `(images, prompts) -> list[float]` (see the module docstring).
+
+    `locations` override model locations (keys of `LOCATIONS`, plus `hps_version="v2.0"` for HPSv2.0).
+    """
+    if name == "mps":
+        raise NotImplementedError(
+            "mps: Kwai-Kolors MPS ships only a pickled full nn.Module (MPS_overall_checkpoint.pth) whose classes live in "
+            "its repository's trainer/ package, built for transformers 4.27; score.py does not implement it natively. "
+            "Run the upstream MPS code in its own environment."
+        )
+    if name not in SCORERS:
+        raise ValueError(f"unknown metric {name!r}; valid names: {', '.join(METRICS)}")
+    return SCORERS[name](device=device, dtype=dtype, batch_size=batch_size, **locations)
+
+
+def parse_metric_weights(spec: str) -> dict[str, float]:
+    """ "imagereward:1,hpsv2:0.5" -> {"imagereward": 1.0, "hpsv2": 0.5}; a bare name weighs 1."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, w = part.partition(":")
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; valid names: {', '.join(METRICS)}")
+        try:
+            weights[name] = float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"metric weight must be a number: {part!r}") from None
+    if not weights:
+        raise ValueError("no metric given")
+    return weights
+
+
+class MultiScorer:
+    """Weighted sum of metrics: `(images, prompts) -> (total, {name: raw scores})`, total = sum_m w_m * score_m."""
+
+    def __init__(self, weights: dict[str, float], device=None, dtype=None, batch_size: int = 16, **locations):
+        for name in weights:
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}; valid names: {', '.join(METRICS)}")
+        self.weights = dict(weights)
+        self.scorers = {n: load_scorer(n, device, dtype, batch_size, **locations) for n in self.weights}
+
+    def __call__(self, images, prompts) -> tuple[list[float], dict[str, list[float]]]:
+        images = to_pil_list(images)
+        details = {name: scorer(images, prompts) for name, scorer in self.scorers.items()}
+        total = [sum(self.weights[n] * details[n][i] for n in details) for i in range(len(images))]
+        return total, details
+
+
+########################
+# CLI
+########################
+@dataclass
+class ScoreArguments:
+    metrics: str = field(default="hpsv2", metadata={"help": f"Comma-separated metrics, any of {', '.join(METRICS)}."})
+    images: str = field(default="", metadata={"help": "Folder of images (searched with --pattern, sorted by path)."})
+    pattern: str = field(default="**/*.png", metadata={"help": "Glob under --images."})
+    prompts: str = field(
+        default="", metadata={"help": "Prompts: .txt (one per line), .csv (`text` column), .json list."}
+    )
+    output_json: str | None = field(default=None, metadata={"help": "Write summary + per-image scores here."})
+    batch_size: int = field(default=16, metadata={"help": "Images per forward pass."})
+    device: str | None = field(default=None, metadata={"help": "cuda / cpu (default: cuda if available)."})
+
+
+def read_prompts(path: str) -> list[str]:
+    suffix = Path(path).suffix.lower()
+    text = Path(path).read_text(encoding="utf-8")
+    if suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+            raise ValueError(f"{path}: expected a JSON list of strings")
+        return data
+    if suffix == ".csv":
+        import csv
+
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and "text" not in rows[0]:
+            raise ValueError(f"{path}: no `text` column (columns: {', '.join(rows[0])})")
+        return [r["text"] for r in rows]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def summarise(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    return {"count": n, "mean": mean, "std": std, "min": min(values), "max": max(values)}
+
+
+def main(argv=None):
+    from PIL import Image
+    from tqdm import tqdm
+    from trl import TrlParser
+
+    parser = TrlParser((ScoreArguments,))
+    (args,) = parser.parse_args_and_config(argv)
+    try:
+        weights = parse_metric_weights(args.metrics)
+        if "mps" in weights:
+            load_scorer("mps")
+        if not args.images or not os.path.isdir(args.images):
+            raise ValueError(f"--images must be a folder, got {args.images!r}")
+        if not args.prompts or not os.path.isfile(args.prompts):
+            raise ValueError(f"--prompts must be a file, got {args.prompts!r}")
+        paths = sorted(p for p in Path(args.images).glob(args.pattern) if p.is_file())
+        prompts = read_prompts(args.prompts)
+        if len(paths) != len(prompts) or not paths:
+            raise ValueError(
+                f"{len(paths)} images match {args.pattern!r} but {args.prompts} has {len(prompts)} prompts"
+            )
+        for p in paths:  # fail on a broken file before any model loads
+            try:
+                with Image.open(p) as im:
+                    im.verify()
+            except Exception as e:
+                raise ValueError(f"cannot read image {p}: {e}") from None
+    except (ValueError, NotImplementedError, OSError) as e:
+        parser.error(str(e))
+
+    multi = MultiScorer(weights, device=args.device, batch_size=args.batch_size)
+    scores = {name: [] for name in weights}
+    for i in tqdm(range(0, len(paths), args.batch_size), desc="scoring", unit="batch"):
+        batch = [Image.open(p).convert("RGB") for p in paths[i : i + args.batch_size]]
+        _, details = multi(batch, prompts[i : i + args.batch_size])
+        for name, vals in details.items():
+            scores[name] += vals
+
+    summary = {
+        name: {**summarise(vals), "definition": multi.scorers[name].definition} for name, vals in scores.items()
+    }
+    print(f"{'metric':<12} {'count':>6} {'mean':>10} {'std':>10} {'min':>10} {'max':>10}")
+    for name, s in summary.items():
+        print(f"{name:<12} {s['count']:>6} {s['mean']:>10.4f} {s['std']:>10.4f} {s['min']:>10.4f} {s['max']:>10.4f}")
+    if args.output_json:
+        per_image = [
+            {"path": str(p), "prompt": t, **{n: scores[n][i] for n in scores}}
+            for i, (p, t) in enumerate(zip(paths, prompts, strict=True))
+        ]
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps({"metrics": summary, "images": per_image}, indent=2))
+        print(f"wrote {args.output_json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
