@@ -176,7 +176,7 @@ def build_tiny_scorers(root):
     clip.save_pretrained(root / "clip")
     image_proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_proc, tokenizer=tok).save_pretrained(root / "clip")
-    torch.save(reward_mlp(16).state_dict(), root / "aesthetic-model.pth")
+    torch.save({f"layers.{k}": v for k, v in reward_mlp(16).state_dict().items()}, root / "aesthetic-model.pth")
     # ImageReward: upstream key layout, tiny BERT tokenizer with BLIP's [DEC] / [ENC] added
     bert = make_bert_tokenizer()
     bert.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
