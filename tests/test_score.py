@@ -181,7 +181,11 @@ def test_cli_round_trip(tiny_scorers, image_dir, tmp_path):
         env=tiny_scorers.env,
     )  # fmt: skip
     data = json.loads(out.read_text())
-    assert [str(Path(r["path"]).relative_to(image_dir)) for r in data["images"]] == ["000.png", "001.png", "sub/002.png"]
+    assert [str(Path(r["path"]).relative_to(image_dir)) for r in data["images"]] == [
+        "000.png",
+        "001.png",
+        "sub/002.png",
+    ]
     imgs = [Image.open(r["path"]).convert("RGB") for r in data["images"]]
     for name in ("clip", "imagereward"):
         expected = score.load_scorer(name, **tiny_scorers.paths)(imgs, PROMPTS)
