@@ -357,6 +357,7 @@ class ImageRewardScorer(Scorer):
             intermediate_size=med["intermediate_size"], num_hidden_layers=med["num_hidden_layers"],
             num_attention_heads=med["num_attention_heads"], max_position_embeddings=med["max_position_embeddings"],
             layer_norm_eps=med.get("layer_norm_eps", 1e-12), hidden_act=med.get("hidden_act", "gelu"), is_decoder=True,
+            pad_token_id=med.get("pad_token_id", 0), bos_token_id=None, eos_token_id=None, sep_token_id=None,
         )  # fmt: skip
         self.vision = BlipVisionModel(vision_cfg)
         self.text = BlipTextModel(text_cfg, add_pooling_layer=False)
