@@ -521,7 +521,8 @@ def main(argv=None):
             except Exception as e:
                 raise ValueError(f"cannot read image {p}: {e}") from None
     except (ValueError, NotImplementedError, OSError) as e:
-        parser.error(str(e))
+        print(f"error: {e}", file=sys.stderr)  # one line, exit code 2, no traceback
+        sys.exit(2)
 
     multi = MultiScorer(weights, device=args.device, batch_size=args.batch_size)
     scores = {name: [] for name in weights}

@@ -237,7 +237,7 @@ def test_cli_bad_input_exits_2_with_one_line(image_dir, tmp_path, capsys, case, 
     with pytest.raises(SystemExit) as exc:
         score.main(["--metrics", metrics, "--images", str(images), "--prompts", str(prompts)])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert exc.value.code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1
     if case == "count":
         assert "has 2 prompts" in err
     if case == "broken":
