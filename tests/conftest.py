@@ -39,7 +39,10 @@ CORPUS = (
 def run_command(args: list[str], env: dict | None = None, timeout: float = 300, check: bool = True):
     """Run `python *args` from the repo root, offline; on failure raise with the full output (diffusers' run_command)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = args if args[0] in ("accelerate", sys.executable) else [sys.executable, *args]
+    if args[0] == "accelerate":  # the launcher of this interpreter's environment, whether or not it is activated
+        cmd = [str(Path(sys.executable).with_name("accelerate")), *args[1:]]
+    else:
+        cmd = args if args[0] == sys.executable else [sys.executable, *args]
     res = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(
