@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: Apache-2.0
+"""grpo_image_edit.py on tiny Qwen2.5-VL + tiny Qwen-Image-Edit (64² resize patch) + the loopback judge: embeddings
+match the pipeline's own encoder, the prefix drop, batching, GRPO moves only LoRA, the judge, inference, bad input."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from conftest import run_command
+from PIL import Image
+from safetensors.torch import load_file
+
+import grpo_image_edit as G
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_qwen_image_edit):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(tiny_qwen_image_edit)
+
+
+def test_prefix_is_64_tokens_of_the_template(pipe):
+    prefix = pipe.prompt_template_encode.split("<|vision_start|>")[0]
+    assert pipe.prompt_template_encode_start_idx == 64 and prefix.endswith("<|im_start|>user\n")
+    assert G.system_prompt(pipe).startswith("Describe the key features of the input image")
+
+
+def test_no_response_embeddings_equal_the_pipeline_encoder(pipe, qwen_edit_small_resize):
+    images = [Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")]
+    instructions = ["make the sky purple", "add a small boat on the left"]
+    embeds, mask = G.edit_embeddings(
+        pipe.text_encoder, pipe.processor, pipe, images, instructions, ["", ""], with_response=False
+    )
+    for i in range(2):
+        ref, ref_mask = pipe.encode_prompt(prompt=instructions[i], image=G.vlm_view(images[i]), device="cpu")
+        one, one_mask = G.edit_embeddings(
+            pipe.text_encoder,
+            pipe.processor,
+            pipe,
+            images[i : i + 1],
+            instructions[i : i + 1],
+            [""],
+            with_response=False,
+        )
+        assert (
+            ref_mask is None and one_mask.all() and torch.equal(one, ref.detach())
+        )  # alone: identical to the pipeline
+        n = int(mask[i].sum())  # in a padded batch: same tokens, padding-level float noise, zero rows after the end
+        assert n == ref.shape[1] and torch.allclose(embeds[i, :n], ref[0], atol=1e-3) and not embeds[i, n:].any()
+
+
+def test_response_extends_the_same_prefix_and_batching_is_exact(pipe, qwen_edit_small_resize):
+    image = Image.new("RGB", (64, 64), "green")
+    base, _ = G.edit_embeddings(
+        pipe.text_encoder, pipe.processor, pipe, [image], ["make it blue"], [""], with_response=False
+    )
+    alone, m1 = G.edit_embeddings(
+        pipe.text_encoder, pipe.processor, pipe, [image], ["make it blue"], ["the sky turns blue"]
+    )
+    # the response rows keep the instruction tokens and add the assistant turn; nothing of the user part is lost
+    assert m1.sum() > base.shape[1] and torch.allclose(alone[0, : base.shape[1] - 1], base[0, :-1], atol=1e-5)
+    both, m2 = G.edit_embeddings(
+        pipe.text_encoder, pipe.processor, pipe, [image, image], ["make it blue"] * 2, ["the sky turns blue", "x"]
+    )
+    assert torch.allclose(both[0, : int(m1.sum())], alone[0], atol=1e-3) and m2[1].sum() < m2[0].sum()
+
+
+COMMON = ["--report_to", "none", "--use_cpu", "true", "--bf16", "false", "--save_strategy", "no", "--logging_steps", "1",
+          "--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "6",
+          "--gradient_checkpointing", "false", "--num_inference_steps", "2", "--true_cfg_scale", "1.0"]  # fmt: skip
+
+
+def test_grpo_moves_only_lora(
+    tiny_qwen25_vl, tiny_qwen_image_edit, qwen_edit_small_resize, openai_server, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"image": "a.png", "instruction": "make it blue"}) + "\n")
+    counter = itertools.count()
+    openai_server.chat_handler = lambda b: json.dumps(
+        {"reasoning": "r", "instruction_following": 2 * (next(counter) % 6), "perceptual_quality": 5}
+    )
+    openai_server.fail_next(1, "malformed")  # no retries: that sample's reward is None (counted), not 0.5
+    out = tmp_path / "run"
+    G.main(["--data", str(tmp_path / "d.jsonl"), "--model_name_or_path", tiny_qwen25_vl, "--pipeline", tiny_qwen_image_edit,
+            "--output_dir", str(out), "--use_peft", "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "1e-2",
+            "--judge_base_url", openai_server.base_url, "--judge_retries", "0", "--log_images_every", "1", *COMMON])  # fmt: skip
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert (
+        adapter
+        and all("lora_" in k for k in adapter)
+        and any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    )
+    logs = [eval(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{'loss'")]  # noqa: S307
+    assert [float(log["judge/failures"]) for log in logs] == [1.0, 0.0] and "time/diffusion_s" in logs[0]
+    judged = [r for r in openai_server.requests if r[1].endswith("/chat/completions")]
+    assert len(judged) == 8 and len(openai_server.images_in(judged[0][2])) == 2  # source and edited image
+    assert (out / "grids" / "step000000.png").is_file()
+
+
+def test_judge_averages_n_evals(openai_server, monkeypatch):
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    scores = iter([(10, 0), (4, 10), (7, 7)])
+    openai_server.chat_handler = lambda b: (
+        lambda s: json.dumps({"reasoning": "", "instruction_following": s[0], "perceptual_quality": s[1]})
+    )(next(scores))
+    args = G.ScriptArguments(judge_model="j", judge_n_evals=2, judge_retries=0)
+    img = Image.new("RGB", (8, 8))
+
+    async def run():
+        async with AsyncOpenAI(base_url=openai_server.base_url, api_key="t", max_retries=0) as c:
+            return await G.judge_edit(c, args, img, img, "x")
+
+    assert asyncio.run(run()) == pytest.approx(((0.6 * 10 + 0) + (0.6 * 4 + 0.4 * 10)) / 2 / 10)
+    openai_server.fail_next(1, "500")
+    assert asyncio.run(run()) is None
+
+
+def test_inference_cli(tiny_qwen25_vl, tiny_qwen_image_edit, qwen_edit_patch_env, tmp_path):
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "in.png")
+    res = run_command(["grpo_image_edit.py", "make the sky purple", "--image", str(tmp_path / "in.png"), "--model_name_or_path", tiny_qwen25_vl,
+                       "--pipeline", tiny_qwen_image_edit, "--output", str(tmp_path / "out.png"), "--max_new_tokens", "4",
+                       "--num_inference_steps", "2", "--true_cfg_scale", "1.0"], env=qwen_edit_patch_env)  # fmt: skip
+    assert res.stdout.strip() and Image.open(tmp_path / "out.png").size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "image not found"),
+        ("notimage", "not an image"),
+        ("empty", "empty instruction"),
+        ("key", "OPENAI_API_KEY"),
+    ],
+)
+def test_bad_input(case, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "x.png").write_text("not a png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    argv = {"missing": ["edit it", "--image", str(tmp_path / "none.png")], "notimage": ["edit it", "--image", str(tmp_path / "x.png")],
+            "empty": ["  ", "--image", str(tmp_path / "ok.png")], "key": ["--data", str(tmp_path / "d.jsonl"), "--use_cpu", "true"]}[case]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        G.main([*argv, "--model_name_or_path", "/no/model"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and err.count("\n") == 1
