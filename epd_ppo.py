@@ -75,24 +75,16 @@ class ScriptArguments:
     guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance."})
     height: int = field(default=512, metadata={"help": "Image height."})
     width: int = field(default=512, metadata={"help": "Image width."})
-    prompt_file: str | None = field(
-        default=None, metadata={"help": "Prompts: .txt lines or .csv with a `text` column."}
-    )
+    prompt_file: str | None = field(default=None, metadata={"help": "Prompts: .txt lines or .csv `text` column."})
     outdir: str = field(default="runs/epd", metadata={"help": "Run folder (training) or image folder (--sample)."})
-    seed: int = field(
-        default=0, metadata={"help": "Training seed (rank r uses seed + r); sampling: first image seed."}
-    )
+    seed: int = field(default=0, metadata={"help": "Training: rank r uses seed + r; sampling: first seed."})
     # sampling
     sample: bool = field(default=False, metadata={"help": "Sample images instead of training."})
-    table: str | None = field(
-        default=None, metadata={"help": "EPD table (.json / .safetensors) for --sample or as cold start."}
-    )
+    table: str | None = field(default=None, metadata={"help": "EPD table (.json/.safetensors): sample or start."})
     batch_size: int = field(default=4, metadata={"help": "Images per sampling batch."})
     # RL (defaults: RLEPD run sd15_k20, the paper's SD1.5 row)
     r_base: float = field(default=0.5, metadata={"help": "Cold start: positions spread around r_base."})
-    r_epsilon: float = field(
-        default=0.33, metadata={"help": "Cold start: positions span r_base +- r_epsilon/2 (.335, .665)."}
-    )
+    r_epsilon: float = field(default=0.33, metadata={"help": "Cold start: span r_base +- r_epsilon/2 (.335, .665)."})
     concentration: float = field(default=20.0, metadata={"help": "Base Dirichlet concentration (sum of alphas)."})
     hidden_dim: int = field(default=128, metadata={"help": "Policy MLP width."})
     rollout_batch_size: int = field(default=8, metadata={"help": "Images per PPO step per process."})
@@ -105,9 +97,7 @@ class ScriptArguments:
     entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus (paper: 0)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     mixed_prompt_baseline: bool = field(default=False, metadata={"help": "RLEPD's mixed-prompt LOO baseline."})
-    reward: str = field(
-        default="hpsv2", metadata={"help": 'score.py metrics and weights, e.g. "hpsv2:1,pickscore:1".'}
-    )
+    reward: str = field(default="hpsv2", metadata={"help": 'score.py metrics:weights, e.g. "hpsv2:1,pickscore:1".'})
     total_steps: int = field(default=9000, metadata={"help": "PPO steps (paper best: 9000)."})
     save_interval: int = field(default=500, metadata={"help": "Checkpoint + table export every N steps."})
 
@@ -463,10 +453,10 @@ def sample(args: ScriptArguments, table):
     from tqdm import tqdm
 
     params = {
-        "epd": lambda: {"positions": table[0], "weights": table[1]},
-        "ipndm": lambda: {"max_order": args.max_order},
+        "epd": dict(zip(("positions", "weights"), table or (), strict=False)),
+        "ipndm": {"max_order": args.max_order},
     }
-    params = params.get(args.solver, dict)()
+    params = params.get(args.solver, {})
     prompts = read_prompts(args.prompt_file)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model_id, device)
@@ -596,8 +586,7 @@ def train(args: ScriptArguments, table):
             record = {"step": step, "elapsed_sec": time.time() - t_start, "charts/reward_mean": local[0].item(),
                       "charts/reward_std": local[1].item(), "charts/frac_zero_std_groups": local[2].item(),
                       **{f"charts/{m}_mean": local[3 + i].item() for i, m in enumerate(raw)},
-                      **{f"losses/{k}": v for k, v in stats.items()},
-                      }  # fmt: skip
+                      **{f"losses/{k}": v for k, v in stats.items()}}  # fmt: skip
             if accelerator.is_main_process:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -633,9 +622,7 @@ def main(argv=None):
             table = (positions, weights)
         if not args.sample:
             if args.rollout_batch_size % args.group_size or args.group_size < 2:
-                raise ValueError(
-                    f"--rollout_batch_size {args.rollout_batch_size} must be a multiple of --group_size {args.group_size} (>= 2)"
-                )
+                raise ValueError(f"--rollout_batch_size {args.rollout_batch_size} must be a multiple of --group_size {args.group_size} (>= 2)")  # fmt: skip
             if args.minibatch_size > args.rollout_batch_size:
                 raise ValueError("--minibatch_size must not exceed --rollout_batch_size")
             import score
