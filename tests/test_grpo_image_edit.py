@@ -72,29 +72,50 @@ COMMON = ["--report_to", "none", "--use_cpu", "true", "--bf16", "false", "--save
           "--gradient_checkpointing", "false", "--num_inference_steps", "2", "--true_cfg_scale", "1.0"]  # fmt: skip
 
 
-def test_grpo_moves_only_lora(
-    tiny_qwen25_vl, tiny_qwen_image_edit, qwen_edit_small_resize, openai_server, monkeypatch, tmp_path, capsys
+def test_grpo_via_accelerate_moves_only_lora(
+    tiny_qwen25_vl, tiny_qwen_image_edit, qwen_edit_patch_env, openai_server, tmp_path
 ):
-    monkeypatch.setenv("OPENAI_API_KEY", "test")
     Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
     (tmp_path / "d.jsonl").write_text(json.dumps({"image": "a.png", "instruction": "make it blue"}) + "\n")
-    counter = itertools.count()
+    counter = (
+        itertools.count()
+    )  # instruction following 0, 2, 4, ... with quality 5: known rewards (0.6 IF + 0.4 Q) / 10
     openai_server.chat_handler = lambda b: json.dumps(
         {"reasoning": "r", "instruction_following": 2 * (next(counter) % 6), "perceptual_quality": 5}
     )
     openai_server.fail_next(1, "malformed")  # no retries: that sample's reward is None (counted), not 0.5
     out = tmp_path / "run"
-    G.main(["--data", str(tmp_path / "d.jsonl"), "--model_name_or_path", tiny_qwen25_vl, "--pipeline", tiny_qwen_image_edit,
-            "--output_dir", str(out), "--use_peft", "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "1e-2",
-            "--judge_base_url", openai_server.base_url, "--judge_retries", "0", "--log_images_every", "1", *COMMON])  # fmt: skip
-    adapter = load_file(out / "adapter_model.safetensors")
+    launch = [
+        "accelerate",
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    res = run_command(
+        [*launch, "grpo_image_edit.py", "--data", str(tmp_path / "d.jsonl"), "--model_name_or_path", tiny_qwen25_vl,
+         "--pipeline", tiny_qwen_image_edit, "--output_dir", str(out), "--use_peft", "--lora_target_modules", "q_proj", "v_proj",
+         "--learning_rate", "1e-2", "--judge_base_url", openai_server.base_url, "--judge_retries", "0", "--log_images_every", "1", *COMMON],
+        env={**qwen_edit_patch_env, "OPENAI_API_KEY": "test"},
+    )  # fmt: skip
+    adapter = load_file(
+        out / "adapter_model.safetensors"
+    )  # only LoRA tensors are saved: the base weights are untouched
     assert (
         adapter
         and all("lora_" in k for k in adapter)
         and any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     )
-    logs = [eval(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{'loss'")]  # noqa: S307
+    logs = [eval(line) for line in res.stdout.splitlines() if line.startswith("{'loss'")]  # noqa: S307
     assert [float(log["judge/failures"]) for log in logs] == [1.0, 0.0] and "time/diffusion_s" in logs[0]
+    # step 1: the malformed answer is skipped, IF 0, 2, 4 -> 0.20, 0.32, 0.44; step 2: IF 6, 8, 10, 0 -> mean 0.56
+    assert [float(log["rewards/edit_reward/mean"]) for log in logs] == pytest.approx([0.32, 0.56], abs=1e-3)
     judged = [r for r in openai_server.requests if r[1].endswith("/chat/completions")]
     assert len(judged) == 8 and len(openai_server.images_in(judged[0][2])) == 2  # source and edited image
     assert (out / "grids" / "step000000.png").is_file()

@@ -206,3 +206,20 @@ def test_bad_input(case, tiny_sd15, tmp_path, capsys, monkeypatch):
     expected = {"missing": "data file not found", "empty": "no prompts in", "judge_key": "OPENAI_API_KEY",
                 "not_t2i": "is a StableDiffusionImg2ImgPipeline, not a text-to-image pipeline", "flag": "unrecognised arguments: --max_new_token"}  # fmt: skip
     assert exc.value.code == 2 and expected[case] in err and err.count("\n") == 1
+
+
+def test_long_prompt_warns_once(capsys):
+    class Tok:
+        model_max_length = 5
+
+        def __call__(self, text):
+            return {"input_ids": text.split()}
+
+    pipe = RecordingPipe()
+    pipe.tokenizer = Tok()
+    r1.render.warned = False
+    args = r1.ScriptArguments(image_batch_size=4)
+    r1.render(pipe, ["one two three four five six", "short"], [1, 2], args)
+    r1.render(pipe, ["one two three four five six seven"], [3], args)
+    err = capsys.readouterr().err
+    assert err.count("exceeds the text encoder's 5 tokens") == 1 and pipe.calls[0][0][0] == "one two three four five six"
