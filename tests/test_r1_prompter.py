@@ -222,4 +222,6 @@ def test_long_prompt_warns_once(capsys):
     r1.render(pipe, ["one two three four five six", "short"], [1, 2], args)
     r1.render(pipe, ["one two three four five six seven"], [3], args)
     err = capsys.readouterr().err
-    assert err.count("exceeds the text encoder's 5 tokens") == 1 and pipe.calls[0][0][0] == "one two three four five six"
+    assert (
+        err.count("exceeds the text encoder's 5 tokens") == 1 and pipe.calls[0][0][0] == "one two three four five six"
+    )
