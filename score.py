@@ -10,7 +10,7 @@ Six text-to-image metrics behind one interface, each loaded once and scored in b
 | `aesthetic`   | LAION improved aesthetic predictor (sac+logos+ava1 MLP) on L2-normalised CLIP ViT-L/14 image embeddings | MLP output | 1-10 |
 | `pickscore`   | `yuvalkirstain/PickScore_v1`, processor `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` | logit_scale.exp() * cos | 18-24 |
 | `imagereward` | `THUDM/ImageReward` (`ImageReward.pt`, `med_config.json`) on transformers' BLIP modules | (r - 0.16717) / 1.03334, no +3.1 offset | -0.2-1.0 |
-| `mps`         | Kwai-Kolors MPS "overall"                                | not implemented here: see `load_scorer`   | 10-12.5  |
+| `mps`         | Kwai-Kolors MPS "overall" (`MPS_overall_checkpoint.pth`, a local file) + CLIP ViT-H-14 processor | logit_scale.exp() * cos(condition-masked cross-modal image feature, text) | 10-12.5 |
 
 Papers: HPSv2 (Wu et al. 2023, arXiv 2306.09341), CLIPScore (Hessel et al. 2021), LAION aesthetic predictor
 (github.com/christophschuhmann/improved-aesthetic-predictor), PickScore (Kirstain et al. 2023, arXiv 2305.01569),
@@ -24,6 +24,10 @@ Differences from the reference packages:
 2. HPS preprocessing (resize the longest side, zero-pad to a square) is re-stated with torchvision; `hpsv2.score`
    defaults to v2.0 and reloads the checkpoint on every call, we default to v2.1 and load once.
 3. Images are scored in batches; ImageReward's own `inference_rank` loops over images one at a time.
+4. MPS's checkpoint is a whole pickled module of its repository's classes (transformers 4.27). A restricted unpickler
+   reads its tensors without that code (`load_pickled_state_dict`), the CLIP part loads into transformers' CLIPModel
+   and the condition cross-model is re-stated here (`mps_cross_model`). Upstream normalises the condition mask by the
+   maximum over the batch it is given, and scores one image per call; we normalise per sample (the same numbers).
 
 Library use (every model location is a hub id, a local folder or file; keyword > environment variable > default):
 
@@ -64,7 +68,15 @@ LOCATIONS = {
     "pickscore_processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
     "imagereward_checkpoint": "THUDM/ImageReward",  # folder or repo holding ImageReward.pt + med_config.json
     "imagereward_tokenizer": "bert-base-uncased",  # BLIP's tokenizer: BERT + [DEC] bos + [ENC]
+    "mps_checkpoint": "",  # MPS_overall_checkpoint.pth (Google Drive link in the Kwai-Kolors/MPS README): give a path
+    "mps_processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # MPS's CLIP config, image processor and tokenizer
 }
+# MPS "overall" condition (Kwai-Kolors/MPS eval_overall_mps_on_*.py): image tokens attend to the prompt tokens that
+# resemble these aspects
+MPS_CONDITION = (
+    "light, color, clarity, tone, style, ambiance, artistry, shape, face, hair, hands, limbs, structure, instance, "
+    "texture, quantity, attributes, position, number, location, word, things."
+)
 HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, used by HPS and ImageReward
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -76,6 +88,7 @@ DEFINITIONS = {
     "aesthetic": "LAION improved aesthetic predictor MLP on the L2-normalised CLIP ViT-L/14 image embedding",
     "pickscore": "PickScore_v1 logit_scale.exp() * cosine(image, text), raw (not /26)",
     "imagereward": "ImageReward (r - 0.16717) / 1.03334, standard normalisation (no +3.1 offset)",
+    "mps": "MPS overall: logit_scale.exp() * cosine(condition-masked cross-modal image feature, text EOS feature)",
 }
 
 
@@ -399,8 +412,216 @@ class ImageRewardScorer(Scorer):
         return (reward - IMAGEREWARD_MEAN) / IMAGEREWARD_STD
 
 
+def load_pickled_state_dict(path: str) -> dict:
+    """The tensors of a checkpoint saved as a whole pickled nn.Module, without the code that defined its classes.
+
+    MPS_overall_checkpoint.pth pickles `trainer.models.clip_model.CLIPModel` (the MPS repository's code, on
+    transformers 4.27). This unpickler imports nothing: it rebuilds tensors with torch's own functions and turns every
+    other class into an inert module that only keeps its attributes, so the parameter tree can be read; any other
+    callable is refused. Still load only files you trust.
+    """
+    import importlib
+    import pickle
+    import types
+
+    import torch
+    import torch.nn as nn
+
+    class Inert(nn.Module):
+        def __init__(self, *args, **kwargs):  # stands in for any pickled class
+            super().__init__()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "__builtin__":  # pickle protocol 2 (torch.save's default) spells builtins this way
+                module = "builtins"
+            if (module, name) in {("collections", "OrderedDict"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+                                  ("builtins", "set"), ("builtins", "frozenset"), ("torch", "Size"), ("torch", "device")}:  # fmt: skip
+                return super().find_class(module, name)
+            if module in ("torch._utils", "torch._tensor") and name.startswith("_rebuild"):
+                return super().find_class(module, name)
+            if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)):
+                return getattr(torch, name)
+            if module.split(".")[0] == "torch":  # torch's own tensor types (Parameter, Tensor)
+                obj = getattr(importlib.import_module(module), name, None)
+                if isinstance(obj, type) and issubclass(obj, torch.Tensor):
+                    return obj
+            if name[:1].isupper():  # any other class: keep its state, never run its code
+                return Inert
+            raise pickle.UnpicklingError(f"refusing {module}.{name} in {path}")
+
+    restricted = types.ModuleType("mps_restricted_pickle")
+    restricted.Unpickler, restricted.load = Unpickler, None
+    root = torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted)
+    return dict(root.state_dict())
+
+
+def mps_cross_model(state: dict):
+    """Kwai-Kolors/MPS trainer/models/cross_modeling.py Cross_model, sized from its weights (dim 1024, 4 layers, 16
+    heads of 64 for the released model): per layer, residual multi-query cross-attention of the image tokens to the
+    masked prompt tokens with a parallel SwiGLU feed-forward, then a residual parallel (rotary) self-attention block."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class LayerNorm(nn.Module):  # learned gain, fixed zero bias (a buffer in the checkpoint)
+        def __init__(self, dim):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(dim))
+            self.register_buffer("bias", torch.zeros(dim))
+
+        def forward(self, x):
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias)
+
+    def swiglu(x):
+        x, gate = x.chunk(2, dim=-1)
+        return F.silu(gate) * x
+
+    def heads(x, h):  # [b, n, h*d] -> [b, h, n, d]
+        return x.view(*x.shape[:2], h, -1).transpose(1, 2)
+
+    class CrossAttention(nn.Module):
+        def __init__(self, dim, dim_head, n_heads, ff):
+            super().__init__()
+            self.h, self.scale = n_heads, dim_head**-0.5
+            self.norm = LayerNorm(dim)
+            self.to_q = nn.Linear(dim, n_heads * dim_head, bias=False)
+            self.to_kv = nn.Linear(dim, 2 * dim_head, bias=False)  # one shared key/value head
+            self.to_out = nn.Linear(n_heads * dim_head, dim, bias=False)
+            self.ff = nn.Sequential(nn.Linear(dim, 2 * ff, bias=False), nn.Identity(), nn.Linear(ff, dim, bias=False))
+
+        def forward(self, x, context, mask):
+            y = self.norm(x)
+            k, v = self.to_kv(context).chunk(2, dim=-1)
+            sim = torch.einsum("bhid,bjd->bhij", heads(self.to_q(y), self.h) * self.scale, k) + mask[:, None]
+            out = torch.einsum("bhij,bjd->bhid", (sim - sim.amax(-1, keepdim=True)).softmax(-1), v)
+            return x + self.to_out(out.transpose(1, 2).flatten(2)) + self.ff[2](swiglu(self.ff[0](y)))
+
+    class ParallelBlock(nn.Module):
+        def __init__(self, dim, dim_head, n_heads, ff):
+            super().__init__()
+            self.h, self.dims = n_heads, (n_heads * dim_head, dim_head, dim_head, 2 * ff)
+            self.norm = LayerNorm(dim)
+            self.rotary_emb = nn.Module()
+            self.rotary_emb.register_buffer(
+                "inv_freq", 1.0 / 10000 ** (torch.arange(0, dim_head, 2).float() / dim_head)
+            )
+            self.fused_attn_ff_proj = nn.Linear(dim, sum(self.dims), bias=False)
+            self.attn_out = nn.Linear(n_heads * dim_head, dim, bias=False)
+            self.ff_out = nn.Sequential(nn.Identity(), nn.Linear(ff, dim, bias=False))
+
+        def forward(self, x):
+            q, k, v, ff = self.fused_attn_ff_proj(self.norm(x)).split(self.dims, dim=-1)
+            freqs = torch.outer(
+                torch.arange(x.shape[1], device=x.device, dtype=torch.float32), self.rotary_emb.inv_freq
+            )
+            pos = torch.cat([freqs, freqs], -1).to(x.dtype)
+
+            def rotate(t):  # rotary embedding: t cos + rotate_half(t) sin
+                t1, t2 = t.chunk(2, dim=-1)
+                return t * pos.cos() + torch.cat([-t2, t1], -1) * pos.sin()
+
+            sim = torch.einsum("bhid,bjd->bhij", rotate(heads(q, self.h)) * self.dims[1] ** -0.5, rotate(k))
+            out = torch.einsum("bhij,bjd->bhid", (sim - sim.amax(-1, keepdim=True)).softmax(-1), v)
+            return x + self.attn_out(out.transpose(1, 2).flatten(2)) + self.ff_out[1](swiglu(ff))
+
+    class CrossModel(nn.Module):
+        def __init__(self, dim, dim_head, n_heads, ff, n_layers):
+            super().__init__()
+            self.layers = nn.ModuleList()
+            for _ in range(n_layers):
+                pair = nn.ModuleList([nn.Module(), nn.Module()])  # Residual(fn) wrappers: the `.fn` level of the keys
+                pair[0].fn, pair[1].fn = (
+                    CrossAttention(dim, dim_head, n_heads, ff),
+                    ParallelBlock(dim, dim_head, n_heads, ff),
+                )
+                self.layers.append(pair)
+
+        def forward(self, query, context, mask):
+            for cross, block in self.layers:
+                query = block.fn(cross.fn(query, context, mask))
+            return query
+
+    q = state["layers.0.0.fn.to_q.weight"]
+    dim_head = state["layers.0.0.fn.to_kv.weight"].shape[0] // 2
+    n_layers = 1 + max(int(k.split(".")[1]) for k in state)
+    model = CrossModel(
+        q.shape[1], dim_head, q.shape[0] // dim_head, state["layers.0.1.fn.ff_out.1.weight"].shape[1], n_layers
+    )
+    model.load_state_dict(state)  # strict
+    return model
+
+
+class MPSScorer(Scorer):
+    """MPS "overall" (github.com/Kwai-Kolors/MPS): CLIP ViT-H/14 whose image tokens cross-attend to the prompt tokens
+    that match the condition aspects; score = logit_scale.exp() * cos(first image token, prompt EOS feature)."""
+
+    name = "mps"
+
+    def load(self, locations):
+        import torch
+        from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+        path = locate("mps_checkpoint", locations)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"mps needs MPS_overall_checkpoint.pth (from the Kwai-Kolors/MPS README): pass mps_checkpoint= or set "
+                f"SCORE_MPS_CHECKPOINT (got {path!r})"
+            )
+        state = load_pickled_state_dict(path)
+        clip_sd, cross_sd = {}, {}
+        for key, value in state.items():
+            if key.startswith("model."):
+                if key.endswith("position_ids"):  # persistent in transformers 4.27, derived now
+                    continue
+                clip_sd[key.removeprefix("model.")] = value
+            elif key.startswith("cross_model."):
+                cross_sd[key.removeprefix("cross_model.")] = value
+            else:
+                raise KeyError(f"unmapped MPS tensor {key}")
+        where = locate("mps_processor", locations)
+        clip = CLIPModel(CLIPConfig.from_pretrained(where))
+        clip.load_state_dict(clip_sd)  # strict
+        self.clip = clip.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.cross = mps_cross_model(cross_sd).to(self.device, self.dtype).eval().requires_grad_(False)
+        self.image_processor = CLIPImageProcessor.from_pretrained(where)
+        self.tokenizer = AutoTokenizer.from_pretrained(where)
+        self.torch = torch
+
+    def score_batch(self, images, prompts):
+        torch, clip = self.torch, self.clip
+
+        def tokens(texts):
+            ids = self.tokenizer(
+                texts,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            return ids["input_ids"].to(self.device)  # no attention mask, as upstream
+
+        px = self.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        text = clip.text_model(input_ids=tokens(prompts))
+        text_f, text_eos = clip.text_projection(text.last_hidden_state), clip.text_projection(text.pooler_output)
+        cond_f = clip.text_projection(
+            clip.text_model(input_ids=tokens([MPS_CONDITION] * len(prompts))).last_hidden_state
+        )
+        image_f = clip.visual_projection(
+            clip.vision_model(pixel_values=px).last_hidden_state
+        )  # all tokens, pre post-LN
+        # prompt tokens whose best match among the condition tokens is > 0.3 of the maximum stay visible; upstream scores
+        # one image at a time, so the maximum is taken per sample
+        sim = torch.einsum("bid,bjd->bji", text_f, cond_f).amax(dim=1, keepdim=True)
+        sim = sim / sim.amax(dim=(1, 2), keepdim=True)
+        mask = torch.where(sim > 0.3, 0.0, float("-inf")).to(image_f.dtype).expand(-1, image_f.shape[1], -1)
+        feat = self.cross(image_f, text_f, mask)[:, 0].float()
+        cos = torch.nn.functional.cosine_similarity(feat, text_eos.float(), dim=-1)
+        return clip.logit_scale.exp().float() * cos
+
+
 SCORERS = {"hpsv2": HPSv2Scorer, "clip": ClipScorer, "aesthetic": AestheticScorer, "pickscore": PickScorer,
-           "imagereward": ImageRewardScorer}  # fmt: skip
+           "imagereward": ImageRewardScorer, "mps": MPSScorer}  # fmt: skip
 
 
 def load_scorer(name: str, device=None, dtype=None, batch_size: int = 16, **locations) -> Scorer:
@@ -408,12 +629,6 @@ def load_scorer(name: str, device=None, dtype=None, batch_size: int = 16, **loca
 
     `locations` override model locations (keys of `LOCATIONS`, plus `hps_version="v2.0"` for HPSv2.0).
     """
-    if name == "mps":
-        raise NotImplementedError(
-            "mps: Kwai-Kolors MPS ships only a pickled full nn.Module (MPS_overall_checkpoint.pth) whose classes live in "
-            "its repository's trainer/ package, built for transformers 4.27; score.py does not implement it natively. "
-            "Run the upstream MPS code in its own environment."
-        )
     if name not in SCORERS:
         raise ValueError(f"unknown metric {name!r}; valid names: {', '.join(METRICS)}")
     return SCORERS[name](device=device, dtype=dtype, batch_size=batch_size, **locations)
@@ -502,8 +717,8 @@ def main(argv=None):
     (args,) = parser.parse_args_and_config(argv)
     try:
         weights = parse_metric_weights(args.metrics)
-        if "mps" in weights:
-            load_scorer("mps")
+        if "mps" in weights and not os.path.isfile(locate("mps_checkpoint", {})):
+            raise ValueError("mps needs MPS_overall_checkpoint.pth: set SCORE_MPS_CHECKPOINT to its path")
         if not args.images or not os.path.isdir(args.images):
             raise ValueError(f"--images must be a folder, got {args.images!r}")
         if not args.prompts or not os.path.isfile(args.prompts):

@@ -47,7 +47,7 @@ def main():
     paths = build_tiny_scorers(Path(tempfile.mkdtemp())).paths
     print(f"{args.n} images of {args.size}px, tiny random-weight models, device={score.default_device_dtype()[0]}")
     print(f"{'metric':<12} {'1-at-a-time img/s':>18} {f'batch {args.batch_size} img/s':>16} {'speed-up':>9}")
-    for name in ("hpsv2", "clip", "aesthetic", "pickscore", "imagereward"):
+    for name in score.METRICS:
         one = timed(score.load_scorer(name, batch_size=1, **paths), images, prompts)
         many = timed(score.load_scorer(name, batch_size=args.batch_size, **paths), images, prompts)
         print(f"{name:<12} {one:>18.1f} {many:>16.1f} {many / one:>8.2f}x")

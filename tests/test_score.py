@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import run_command
 from PIL import Image
-from tiny_scorers import RefImageReward
+from tiny_scorers import RefImageReward, ref_mps_score, save_pickled_mps
 from torchvision import transforms as T
 
 import score
@@ -218,7 +218,7 @@ def test_cli_prompt_formats(tiny_scorers, image_dir, tmp_path, monkeypatch, suff
         ("count", "3 images match '**/*.png' but"),
         ("broken", "cannot read image"),
         ("metric", "unknown metric 'hps'; valid names: hpsv2, clip"),
-        ("mps", "mps: Kwai-Kolors MPS"),
+        ("mps", "mps needs MPS_overall_checkpoint.pth: set SCORE_MPS_CHECKPOINT"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(image_dir, tmp_path, capsys, case, message):
@@ -242,3 +242,39 @@ def test_cli_bad_input_exits_2_with_one_line(image_dir, tmp_path, capsys, case, 
         assert "has 2 prompts" in err
     if case == "broken":
         assert "2.png" in err
+
+
+def test_mps_matches_the_upstream_forward(tiny_scorers, images, tmp_path):
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    scorer = score.load_scorer("mps", **tiny_scorers.paths)
+    ref = save_pickled_mps(tmp_path / "again.pth", tiny_scorers.paths["mps_processor"])  # same seed: same weights
+    state = score.load_pickled_state_dict(tiny_scorers.paths["mps_checkpoint"])
+    assert all(torch.equal(state[k], v) for k, v in ref.state_dict().items()) and len(state) == len(ref.state_dict())
+    proc = CLIPImageProcessor.from_pretrained(tiny_scorers.paths["mps_processor"])
+    tok = AutoTokenizer.from_pretrained(tiny_scorers.paths["mps_processor"])
+
+    def ids(text):
+        return tok(
+            [text], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        )["input_ids"]
+
+    with torch.no_grad():  # upstream scores one (image, prompt) at a time
+        expected = [
+            ref_mps_score(ref, proc(im, return_tensors="pt")["pixel_values"], ids(p), ids(score.MPS_CONDITION)).item()
+            for im, p in zip(images, PROMPTS, strict=True)
+        ]
+    assert scorer(images, PROMPTS) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_pickle_loader_refuses_callables(tmp_path):
+    import os as _os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (_os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pth", pickle_module=pickle)
+    with pytest.raises(pickle.UnpicklingError, match="refusing posix.system|refusing os.system"):
+        score.load_pickled_state_dict(str(tmp_path / "evil.pth"))

@@ -150,6 +150,165 @@ class RefImageReward(nn.Module):
         return (self.mlp.layers(txt[:, 0]).squeeze(-1) - 0.16717362830052426) / 1.0333394966054072
 
 
+# ---- MPS: the upstream module tree (Kwai-Kolors/MPS trainer/models/*.py), pickled whole as upstream ships it ----
+class RefLayerNorm(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim) + 0.1 * torch.randn(dim))
+        self.register_buffer("bias", torch.zeros(dim))
+
+    def forward(self, x):
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias)
+
+
+class RefSwiGLU(nn.Module):
+    def forward(self, x):
+        a, gate = x.chunk(2, dim=-1)
+        return F.silu(gate) * a
+
+
+class RefResidual(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x, *args):
+        return self.fn(x, *args) + x
+
+
+class RefRotary(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+
+
+def ref_rotate(pos, t):
+    half = t.shape[-1] // 2
+    return t * pos.cos() + torch.cat([-t[..., half:], t[..., :half]], -1) * pos.sin()
+
+
+class RefParallelBlock(nn.Module):
+    def __init__(self, dim, dim_head, heads, ff_mult):
+        super().__init__()
+        self.norm, self.heads, self.dim_head = RefLayerNorm(dim), heads, dim_head
+        self.fused_dims = (dim_head * heads, dim_head, dim_head, dim * ff_mult * 2)
+        self.rotary_emb = RefRotary(dim_head)
+        self.fused_attn_ff_proj = nn.Linear(dim, sum(self.fused_dims), bias=False)
+        self.attn_out = nn.Linear(dim_head * heads, dim, bias=False)
+        self.ff_out = nn.Sequential(RefSwiGLU(), nn.Linear(dim * ff_mult, dim, bias=False))
+        self.register_buffer("pos_emb", None, persistent=False)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        x = self.norm(x)
+        q, k, v, ff = self.fused_attn_ff_proj(x).split(self.fused_dims, dim=-1)
+        q = q.reshape(b, n, self.heads, self.dim_head).permute(0, 2, 1, 3)
+        freqs = torch.arange(n).float()[:, None] * self.rotary_emb.inv_freq[None]
+        pos = torch.cat([freqs, freqs], -1)
+        q, k = ref_rotate(pos, q) * self.dim_head**-0.5, ref_rotate(pos, k)
+        attn = torch.einsum("bhid,bjd->bhij", q, k).softmax(-1)
+        out = torch.einsum("bhij,bjd->bhid", attn, v).permute(0, 2, 1, 3).reshape(b, n, -1)
+        return self.attn_out(out) + self.ff_out(ff)
+
+
+class RefCrossAttention(nn.Module):
+    def __init__(self, dim, dim_head, heads, ff_mult):
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        self.norm, self.context_norm = RefLayerNorm(dim), nn.Identity()
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(dim, dim_head * 2, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim * 2, bias=False), RefSwiGLU(), nn.Linear(ff_mult * dim, dim, bias=False)
+        )
+
+    def forward(self, x, context, mask):
+        b, n, _ = x.shape
+        x = self.norm(x)
+        q = self.to_q(x).reshape(b, n, self.heads, self.dim_head).permute(0, 2, 1, 3) * self.dim_head**-0.5
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+        attn = (torch.einsum("bhid,bjd->bhij", q, k) + mask[:, None]).softmax(-1)
+        out = torch.einsum("bhij,bjd->bhid", attn, v).permute(0, 2, 1, 3).reshape(b, n, -1)
+        return self.to_out(out) + self.ff(x)
+
+
+class RefCrossModel(nn.Module):
+    def __init__(self, dim, layer_num, dim_head, heads, ff_mult=4):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                [
+                    RefResidual(RefCrossAttention(dim, dim_head, heads, ff_mult)),
+                    RefResidual(RefParallelBlock(dim, dim_head, heads, ff_mult)),
+                ]
+            )
+            for _ in range(layer_num)
+        )
+
+    def forward(self, query, context, mask):
+        for cross, block in self.layers:
+            query = block(cross(query, context, mask))
+        return query
+
+
+def ref_mps_score(mps, px, ids, cond_ids):
+    """Upstream infer_one_sample for ONE (image, prompt): text/condition/image token features, condition mask, cross
+    model, logit_scale * cos."""
+    clip = mps.model
+    text = clip.text_model(input_ids=ids)
+    text_f, text_eos = clip.text_projection(text.last_hidden_state), clip.text_projection(text.pooler_output)
+    cond_f = clip.text_projection(clip.text_model(input_ids=cond_ids).last_hidden_state)
+    image_f = clip.visual_projection(clip.vision_model(pixel_values=px).last_hidden_state)
+    sim = torch.einsum("bid,bjd->bji", text_f, cond_f).max(dim=1, keepdim=True)[0]
+    sim = sim / sim.max()
+    mask = torch.where(sim > 0.3, 0, float("-inf")).repeat(1, image_f.shape[1], 1)
+    img = mps.cross_model(image_f, text_f, mask)[:, 0, :]
+    img, txt = img / img.norm(dim=-1, keepdim=True), text_eos / text_eos.norm(dim=-1, keepdim=True)
+    return (clip.logit_scale.exp() * txt @ img.T)[0, 0]
+
+
+def save_pickled_mps(path, clip_dir):
+    """torch.save of the whole module, its classes living in `trainer.models.*` as in the released checkpoint."""
+    import sys as _sys
+    import types as _types
+
+    from transformers import CLIPConfig, CLIPModel
+
+    fake = {
+        name: _types.ModuleType(name)
+        for name in ("trainer", "trainer.models", "trainer.models.clip_model", "trainer.models.cross_modeling")
+    }
+    xclip = type("XCLIPModel", (CLIPModel,), {"__module__": "trainer.models.clip_model"})
+    mps_cls = type("CLIPModel", (nn.Module,), {"__module__": "trainer.models.clip_model"})
+    classes = {
+        "trainer.models.clip_model": {"XCLIPModel": xclip, "CLIPModel": mps_cls},
+        "trainer.models.cross_modeling": {},
+    }
+    upstream = {"LayerNorm": RefLayerNorm, "SwiGLU": RefSwiGLU, "Residual": RefResidual, "RotaryEmbedding": RefRotary,
+                "ParallelTransformerBlock": RefParallelBlock, "CrossAttention": RefCrossAttention, "Cross_model": RefCrossModel}  # fmt: skip
+    classes["trainer.models.cross_modeling"].update(upstream)
+    torch.manual_seed(3)
+    mps = mps_cls()
+    mps.model = xclip(CLIPConfig.from_pretrained(clip_dir)).eval()
+    mps.cross_model = RefCrossModel(dim=16, layer_num=2, dim_head=8, heads=2).eval()
+    saved = {}
+    try:
+        for module, members in classes.items():
+            for name, cls in members.items():
+                saved[(cls, "m")], saved[(cls, "q")] = cls.__module__, cls.__qualname__
+                cls.__module__, cls.__qualname__ = module, name
+                setattr(fake[module], name, cls)
+        _sys.modules.update(fake)
+        torch.save(mps, path)
+    finally:
+        for name in fake:
+            _sys.modules.pop(name, None)
+        for (cls, what), value in saved.items():
+            setattr(cls, "__module__" if what == "m" else "__qualname__", value)
+    return mps
+
+
 def build_tiny_scorers(root):
     """Write every tiny scorer under `root`; returns paths (load_scorer kwargs) and env (SCORE_* variables)."""
     import open_clip
@@ -186,11 +345,13 @@ def build_tiny_scorers(root):
     torch.save(ir.state_dict(), root / "imagereward" / "ImageReward.pt")
     (root / "imagereward" / "med_config.json").write_text(json.dumps({**RefImageReward.MED, "vocab_size": len(bert)}))
 
+    save_pickled_mps(root / "MPS_overall_checkpoint.pth", root / "clip")
     paths = {
         "hps_arch": str(arch), "hps_checkpoint": str(root / "hps"), "clip_model": str(root / "clip"),
         "aesthetic_head": str(root / "aesthetic-model.pth"), "pickscore_model": str(root / "clip"),
         "pickscore_processor": str(root / "clip"), "imagereward_checkpoint": str(root / "imagereward"),
-        "imagereward_tokenizer": str(root / "bert"),
+        "imagereward_tokenizer": str(root / "bert"), "mps_checkpoint": str(root / "MPS_overall_checkpoint.pth"),
+        "mps_processor": str(root / "clip"),
     }  # fmt: skip
     env = {f"SCORE_{k.upper()}": v for k, v in paths.items()}
     return types.SimpleNamespace(paths=paths, env=env, root=root)
