@@ -27,6 +27,7 @@ Usage (run from the repository root):
     accelerate launch grpo_image_edit.py --data edits.jsonl --model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct \\
         --pipeline Qwen/Qwen-Image-Edit --output_dir runs/edit --use_peft --lora_r 128 --lora_alpha 256 \\
         --lora_target_modules q_proj k_proj v_proj o_proj --dtype bfloat16 --judge_model gpt-4o
+    accelerate launch grpo_image_edit.py --config recipes/image_edit_qwen7b.yaml --data my_edits.jsonl  # upstream recipe
     python grpo_image_edit.py "make the sky purple" --image in.png --model_name_or_path runs/edit --output out.png
     # CPU smoke run: tests/test_grpo_image_edit.py (tiny Qwen2.5-VL + tiny Qwen-Image-Edit + loopback judge)
 Data: a JSONL of {"image": path, "instruction": str} or a dataset id with those columns. Key: OPENAI_API_KEY.
@@ -167,13 +168,9 @@ def render_edits(pipe, images, embeds, mask, neg, neg_mask, seeds, args: ScriptA
         cur.append(i)
     chunks += [cur] if cur else []
     for idx in chunks:
-        kw = {}
+        kw = dict(true_cfg_scale=args.true_cfg_scale)  # explicit: the pipeline's default is 4.0
         if args.true_cfg_scale > 1:
-            kw = dict(
-                negative_prompt_embeds=neg[idx],
-                negative_prompt_embeds_mask=neg_mask[idx],
-                true_cfg_scale=args.true_cfg_scale,
-            )
+            kw.update(negative_prompt_embeds=neg[idx], negative_prompt_embeds_mask=neg_mask[idx])
         with torch.no_grad():
             result = pipe(image=[images[i] for i in idx], prompt_embeds=embeds[idx], prompt_embeds_mask=mask[idx],
                           num_inference_steps=args.num_inference_steps, generator=[torch.Generator("cpu").manual_seed(seeds[i]) for i in idx], **kw).images  # fmt: skip
@@ -310,7 +307,7 @@ def read_rows(data: str) -> list[dict]:
     else:
         from datasets import load_dataset
 
-        rows = [dict(r) for r in load_dataset(data, split="train")]
+        rows = [dict(r, image=r["image"].convert("RGB")) for r in load_dataset(data, split="train")]  # PIL column
     if not rows:
         raise ValueError(f"no records in {data}")
     return rows

@@ -39,7 +39,11 @@ Usage (run from the repository root):
     python r1_prompter.py "a red cube on top of a blue sphere" --gpt_path runs/r1 --generate_image out.png
     # evaluation: original vs reprompted images with the same seeds, scored with score.py
     python r1_prompter.py --eval_prompts recipes/r1_prompts.txt --gpt_path runs/r1 --outdir runs/r1_eval --n_images 4
-    # CPU smoke run with tiny local models: see tests/test_r1_prompter.py
+    # the same run from a recipe (every GRPOConfig / ModelConfig flag also works on the CLI or in the yaml)
+    accelerate launch --num_processes 8 r1_prompter.py --config recipes/r1_prompter.yaml
+    # CPU smoke run (2 steps, 64 px) with small local models, e.g. the tiny ones tests/conftest.py builds
+    accelerate launch --cpu --num_processes 1 r1_prompter.py --config recipes/r1_prompter_smoke.yaml \
+        --gpt_path <small chat LLM> --sdmodel_name <small t2i pipeline> --outdir runs/r1_smoke
 Expected: the format reward reaches +1 within tens of steps; image reward rises slowly (paper: GenEval +0.08).
 Measured here only on tiny random models on CPU (no GPU was available to this project).
 """

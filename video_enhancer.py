@@ -34,6 +34,7 @@ Usage (run from the repository root):
     accelerate launch video_enhancer.py --stage rl --data recipes/video_pairs.json --sft_adapter runs/video_sft \\
         --output_dir runs/video --video_model Wan-AI/Wan2.1-T2V-1.3B-Diffusers [--judge_model gpt-4o]
     python video_enhancer.py "a dog surfing at sunset" --model_name_or_path runs/video --generate_video out.mp4
+    # the same settings as recipes: --config recipes/video_sft.yaml / --config recipes/video_rl.yaml (holds the stage)
     # CPU smoke runs: tests/test_video_enhancer.py (tiny Qwen2, tiny Wan, tiny scorers, loopback API server)
 Expected: SFT loss falls within the first epoch; stage-2 reward is noisy (upstream saw no clear trend in 50 steps).
 Hardware: 14B + LoRA in bf16 and Wan 1.3B (33 frames 480p) fit one 80 GB GPU; not measured here (no GPU available).
@@ -112,6 +113,7 @@ class ScriptArguments:
     judge_model: str | None = field(default=None, metadata={"help": "Checklist VLM judge; enables the judge reward."})
     judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL for the judge."})
     judge_retries: int = field(default=3, metadata={"help": "Retries per judge call."})
+    judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge request before it is retried."})
     # inference
     generate_video: str | None = field(
         default=None, metadata={"help": "Inference: render the enhanced prompt to this mp4."}
@@ -229,7 +231,7 @@ class Videos:
         """Create all jobs, poll until done or timeout, download; each video retried, then left as a failure (None)."""
         from openai import OpenAI
 
-        a, client = self.args, OpenAI(base_url=self.args.video_base_url, max_retries=0)
+        a, client = self.args, OpenAI(base_url=self.args.video_base_url, max_retries=0, timeout=60.0)
         ok = [False] * len(prompts)
         for attempt in range(a.video_retries + 1):
             jobs = {}
@@ -370,7 +372,7 @@ def get_judge_reward(args: ScriptArguments, state: dict):
         """VLM checklist on the frames video_reward sampled (async: TRL runs it after the sync rewards); in [-1, 1]."""
         from openai import AsyncOpenAI
 
-        async with AsyncOpenAI(base_url=args.judge_base_url, max_retries=0) as client:
+        async with AsyncOpenAI(base_url=args.judge_base_url, max_retries=0, timeout=args.judge_timeout) as client:
             jobs = [
                 judge_one(client, args.judge_model, f, s, args.judge_retries) if f else asyncio.sleep(0)
                 for f, s in zip(state["frames"], state["simple"], strict=True)
@@ -567,10 +569,23 @@ def main(argv=None):
                 check_mp4_writer()
             except ValueError as e:
                 fail(str(e))
+            if args.video_backend not in ("diffusers", "openai"):
+                fail(f"unknown --video_backend {args.video_backend!r}: diffusers or openai")
+            if args.video_backend == "openai" and not os.environ.get("OPENAI_API_KEY"):
+                fail("--video_backend openai needs OPENAI_API_KEY in the environment")
         return infer(args, model_args, prompts)
     stage = argparse.ArgumentParser(add_help=False)
-    stage.add_argument("--stage", default="sft")
-    name = stage.parse_known_args(argv)[0].stage
+    stage.add_argument("--stage", default=None)
+    stage.add_argument("--config", default=None)
+    known = stage.parse_known_args(argv)[0]
+    name = known.stage
+    if name is None and known.config:  # the stage picks the config class, so read it from the recipe first
+        import yaml
+
+        if not Path(known.config).is_file():
+            fail(f"config file not found: {known.config}")
+        name = (yaml.safe_load(Path(known.config).read_text()) or {}).get("stage")
+    name = name or "sft"
     if name not in STAGE_DEFAULTS:
         fail(f"unknown --stage {name!r}: sft or rl")
     if name == "sft":

@@ -148,7 +148,7 @@ def test_ppo_moves_the_mean_table_towards_a_rewarded_table():
 
 
 def tiny_args(tiny_sd15, prompts, outdir, *extra):
-    return ["--model_id", tiny_sd15, "--prompt_file", str(prompts), "--outdir", str(outdir), "--height", "64", "--width", "64",
+    return ["--model_id", tiny_sd15, "--prompt_file", str(prompts), "--outdir", str(outdir), "--height", "32", "--width", "32",
             "--num_steps", "4", "--num_points", "2", *extra]  # fmt: skip
 
 

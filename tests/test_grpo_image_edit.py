@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_command
+from conftest import REPO, run_command
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -44,9 +44,8 @@ def test_no_response_embeddings_equal_the_pipeline_encoder(pipe, qwen_edit_small
             [""],
             with_response=False,
         )
-        assert (
-            ref_mask is None and one_mask.all() and torch.equal(one, ref.detach())
-        )  # alone: identical to the pipeline
+        # alone: bit-identical to the pipeline's own encoder
+        assert ref_mask is None and one_mask.all() and torch.equal(one, ref.detach())
         n = int(mask[i].sum())  # in a padded batch: same tokens, padding-level float noise, zero rows after the end
         assert n == ref.shape[1] and torch.allclose(embeds[i, :n], ref[0], atol=1e-3) and not embeds[i, n:].any()
 
@@ -77,41 +76,31 @@ def test_grpo_via_accelerate_moves_only_lora(
 ):
     Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
     (tmp_path / "d.jsonl").write_text(json.dumps({"image": "a.png", "instruction": "make it blue"}) + "\n")
-    counter = (
-        itertools.count()
-    )  # instruction following 0, 2, 4, ... with quality 5: known rewards (0.6 IF + 0.4 Q) / 10
+    # instruction following 0, 2, 4, ... with quality 5: known rewards (0.6 IF + 0.4 Q) / 10
+    counter = itertools.count()
     openai_server.chat_handler = lambda b: json.dumps(
         {"reasoning": "r", "instruction_following": 2 * (next(counter) % 6), "perceptual_quality": 5}
     )
     openai_server.fail_next(1, "malformed")  # no retries: that sample's reward is None (counted), not 0.5
     out = tmp_path / "run"
-    launch = [
-        "accelerate",
-        "launch",
-        "--cpu",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
+    launch = (
+        "accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no".split()
+    )
     res = run_command(
         [*launch, "grpo_image_edit.py", "--data", str(tmp_path / "d.jsonl"), "--model_name_or_path", tiny_qwen25_vl,
          "--pipeline", tiny_qwen_image_edit, "--output_dir", str(out), "--use_peft", "--lora_target_modules", "q_proj", "v_proj",
          "--learning_rate", "1e-2", "--judge_base_url", openai_server.base_url, "--judge_retries", "0", "--log_images_every", "1", *COMMON],
         env={**qwen_edit_patch_env, "OPENAI_API_KEY": "test"},
     )  # fmt: skip
-    adapter = load_file(
-        out / "adapter_model.safetensors"
-    )  # only LoRA tensors are saved: the base weights are untouched
+    # only LoRA tensors are saved: the base weights are untouched
+    adapter = load_file(out / "adapter_model.safetensors")
     assert (
         adapter
         and all("lora_" in k for k in adapter)
         and any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     )
+    trainable = sum(v.numel() for v in adapter.values())  # the script prints its count of trainable parameters
+    assert f"trainable parameters {trainable:,} " in res.stdout
     logs = [eval(line) for line in res.stdout.splitlines() if line.startswith("{'loss'")]  # noqa: S307
     assert [float(log["judge/failures"]) for log in logs] == [1.0, 0.0] and "time/diffusion_s" in logs[0]
     # step 1: the malformed answer is skipped, IF 0, 2, 4 -> 0.20, 0.32, 0.44; step 2: IF 6, 8, 10, 0 -> mean 0.56
@@ -139,7 +128,14 @@ def test_judge_averages_n_evals(openai_server, monkeypatch):
 
     assert asyncio.run(run()) == pytest.approx(((0.6 * 10 + 0) + (0.6 * 4 + 0.4 * 10)) / 2 / 10)
     openai_server.fail_next(1, "500")
-    assert asyncio.run(run()) is None
+    assert asyncio.run(run()) is None  # one of the n_evals calls failed with no retry left
+    # a malformed answer is retried (after a backoff) and the retry's score counts; weights are configurable
+    openai_server.chat_handler = lambda b: json.dumps(
+        {"reasoning": "", "instruction_following": 3, "perceptual_quality": 9}
+    )
+    args = G.ScriptArguments(judge_model="j", judge_n_evals=1, judge_retries=1, if_weight=1.0, quality_weight=0.0)
+    openai_server.fail_next(1, "malformed")
+    assert asyncio.run(run()) == pytest.approx(0.3)
 
 
 def test_inference_cli(tiny_qwen25_vl, tiny_qwen_image_edit, qwen_edit_patch_env, tmp_path):
@@ -169,3 +165,16 @@ def test_bad_input(case, message, tmp_path, capsys, monkeypatch):
         G.main([*argv, "--model_name_or_path", "/no/model"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_recipe_and_demo_data_parse(monkeypatch):
+    monkeypatch.chdir(REPO)  # the recipe's data path is relative to the repo root
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    parser = TrlParser((G.ScriptArguments, GRPOConfig, ModelConfig))
+    args, training_args, model_args = parser.parse_args_and_config(
+        ["--config", "recipes/image_edit_qwen7b.yaml", "--bf16", "false", "--use_cpu", "true"]
+    )
+    assert (args.judge_n_evals, args.if_weight, training_args.num_generations, model_args.lora_r) == (3, 0.6, 16, 128)
+    rows = G.read_rows(args.data)
+    assert len(rows) == 6 and all(r["instruction"].strip() for r in rows) and rows[0]["image"].size == (96, 64)

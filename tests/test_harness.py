@@ -10,7 +10,14 @@ import numpy as np
 import openai
 import pytest
 import torch
-from conftest import QWEN_SPECIALS, make_clip_tokenizer, make_qwen2_tokenizer, run_command, tiny_mp4
+from conftest import (
+    QWEN_SPECIALS,
+    make_bert_tokenizer,
+    make_clip_tokenizer,
+    make_qwen2_tokenizer,
+    run_command,
+    tiny_mp4,
+)
 from PIL import Image
 
 
@@ -29,6 +36,9 @@ def test_tokenizers_keep_special_tokens_whole():
     clip = make_clip_tokenizer()
     ids = clip("a red cube", padding="max_length", max_length=77)["input_ids"]
     assert ids[0] == 0 and ids[4] == 1 and len(ids) == 77 and 1 not in ids[1:4]  # bos, 3 words, eos = pad
+    bert = make_bert_tokenizer()
+    assert bert.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [0, 1, 2, 3, 4]
+    assert bert.decode(bert("A Cat in the RAIN")["input_ids"]) == "[CLS] a cat in the rain [SEP]"
 
 
 def test_language_models_generate(tiny_gpt2, tiny_qwen2):
@@ -93,6 +103,13 @@ def test_qwen_image_edit_small_resize(tiny_qwen_image_edit, qwen_edit_small_resi
     code = "from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as m; print(m.calculate_dimensions(1024 * 1024, 1.0))"
     res = run_command(["-c", code], env=qwen_edit_patch_env)
     assert res.stdout.strip() == "(64, 64, None)"
+
+
+def test_qwen_patch_env_keeps_a_shadowed_sitecustomize(qwen_edit_patch_env, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['SHADOWED_RAN'] = '1'\n")
+    env = {**qwen_edit_patch_env, "PYTHONPATH": qwen_edit_patch_env["PYTHONPATH"] + f":{tmp_path}"}
+    code = "import os, sys; print(os.environ.get('SHADOWED_RAN'), 'diffusers' in sys.modules)"
+    assert run_command(["-c", code], env=env).stdout.split() == ["1", "False"]  # chained, and nothing imported early
 
 
 @pytest.mark.parametrize("fixture", ["tiny_wan", "tiny_cogvideox"])

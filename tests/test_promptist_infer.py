@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """promptist_infer.py on tiny GPT-2 + tiny SD1.5: the exact recipe, batching, JSON round trip, images, reward, errors."""
 
+import functools
 import json
 
 import pytest
@@ -23,28 +24,38 @@ def recipe(tiny_gpt2):
     tok.pad_token, tok.padding_side = tok.eos_token, "left"
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
 
-    def run(plain_text: str, upstream_replace: bool = False) -> str:
-        ids = tok(plain_text.strip() + " Rephrase:", return_tensors="pt").input_ids
+    @functools.cache
+    def generate(stripped: str, max_new_tokens: int) -> str:
+        ids = tok(stripped + " Rephrase:", return_tensors="pt").input_ids
         out = model.generate(
             ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=8, num_return_sequences=8,
-            max_new_tokens=75, length_penalty=-1.0, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+            max_new_tokens=max_new_tokens, length_penalty=-1.0, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.eos_token_id,
         )  # fmt: skip
-        text = tok.batch_decode(out, skip_special_tokens=True)[0]
-        return (
-            text.replace(plain_text + " Rephrase:", "").strip()
-            if upstream_replace
-            else text[len(plain_text.strip() + " Rephrase:") :].strip()
-        )
+        return tok.batch_decode(out, skip_special_tokens=True)[0]
+
+    def run(plain_text: str, upstream_replace: bool = False, max_new_tokens: int = 75) -> str:
+        text = generate(plain_text.strip(), max_new_tokens)
+        if upstream_replace:
+            return text.replace(plain_text + " Rephrase:", "").strip()
+        prefix = plain_text.strip() + " Rephrase:"
+        assert text.startswith(prefix)  # the tiny tokenizer round-trips, so a character slice is exact
+        return text[len(prefix) :].strip()
 
     return run
 
 
-def llm_args(path):
-    return ["--model_name_or_path", path, "--tokenizer_name_or_path", path]
+SHORT = 12  # new tokens outside the exact-recipe CLI test: a random tiny model never stops before the limit
+
+
+def llm_args(path, short: bool = True):
+    return ["--model_name_or_path", path, "--tokenizer_name_or_path", path] + (
+        ["--max_new_tokens", str(SHORT)] if short else []
+    )
 
 
 def test_single_prompt_cli_prints_recipe_output_last(tiny_gpt2, recipe):
-    res = run_command(["promptist_infer.py", "  a cat in the rain \n", *llm_args(tiny_gpt2)])
+    res = run_command(["promptist_infer.py", "  a cat in the rain \n", *llm_args(tiny_gpt2, short=False)])
     last = res.stdout.splitlines()[-1]
     assert last == recipe("a cat in the rain") and last  # the tiny model writes a non-empty continuation
     assert "Rephrase" not in last
@@ -55,19 +66,22 @@ def test_single_prompt_cli_prints_recipe_output_last(tiny_gpt2, recipe):
 def test_batched_equals_one_by_one_and_json(tiny_gpt2, recipe, tmp_path, capsys):
     out = tmp_path / "pairs.json"
     promptist_infer.main([*PROMPTS, *llm_args(tiny_gpt2), "--batch_size", "2", "--output_json", str(out)])
-    expected = [recipe(p) for p in PROMPTS]
+    expected = [recipe(p, max_new_tokens=SHORT) for p in PROMPTS]
     assert capsys.readouterr().out.splitlines() == expected
     assert json.loads(out.read_text()) == [
         {"original": p, "optimized": o} for p, o in zip(PROMPTS, expected, strict=True)
     ]
 
 
-def test_prompt_file_txt_and_json(tiny_gpt2, recipe, tmp_path, capsys):
+def test_prompt_file_txt_and_json(tmp_path):
     (tmp_path / "p.txt").write_text("a cat in the rain\n\n" + PROMPTS[1] + "\n")
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS[:2]))
     for name in ("p.txt", "p.json"):
-        promptist_infer.main(["--prompt_file", str(tmp_path / name), *llm_args(tiny_gpt2)])
-        assert capsys.readouterr().out.splitlines() == [recipe(p) for p in PROMPTS[:2]]
+        args = promptist_infer.ScriptArguments(prompt_file=str(tmp_path / name))
+        assert promptist_infer.read_prompts(args, ["first"]) == ["first", *PROMPTS[:2]]  # positional prompts first
+    (tmp_path / "bad.json").write_text(json.dumps({"prompt": "a cat"}))
+    with pytest.raises(ValueError, match="expected a JSON list of strings"):
+        promptist_infer.read_prompts(promptist_infer.ScriptArguments(prompt_file=str(tmp_path / "bad.json")), [])
 
 
 def test_images_grid_and_reward(tiny_gpt2, tiny_sd15, tiny_scorers, tmp_path, monkeypatch):

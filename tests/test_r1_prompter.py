@@ -45,6 +45,31 @@ def test_length_reward_window_is_inclusive():
     assert r1.extract_answer("<answer>\n  a  red\ncube </answer>") == "a red cube"
 
 
+def test_read_prompts_txt_json_jsonl(tmp_path):
+    (tmp_path / "p.txt").write_text("a cat\n\n  two dogs  \n")
+    (tmp_path / "p.json").write_text(json.dumps(["a cat", {"prompt": "two dogs"}]))
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n\n{"prompt": "two dogs", "id": 3}\n')
+    for ext in ("txt", "json", "jsonl"):
+        assert r1.read_prompts(str(tmp_path / f"p.{ext}")) == ["a cat", "two dogs"]
+    assert len(r1.read_prompts(str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompts.txt"))) == 40
+
+
+def test_judge_retries_then_none(openai_server, capsys):
+    from openai import AsyncOpenAI
+
+    image = Image.new("RGB", (8, 8))
+
+    async def judge(url, retries):
+        async with AsyncOpenAI(base_url=url, api_key="test", max_retries=0, timeout=5) as client:
+            return await r1.judge_one(client, "j", image, "a cat", retries)
+
+    openai_server.fail_next(1, "malformed")  # bad JSON once, then the default answer: score 7 -> (7 - 5) / 5
+    assert r1.asyncio.run(judge(openai_server.base_url, 1)) == pytest.approx(0.4)
+    assert len(openai_server.requests) == 2
+    assert r1.asyncio.run(judge("http://127.0.0.1:9/v1", 1)) is None  # unreachable: 2 tries, then None + warning
+    assert capsys.readouterr().err.count("judge failed after 2 tries: APIConnectionError") == 1
+
+
 class RecordingPipe:
     """Stands in for a diffusers pipeline: records prompts and seeds, returns a colour per seed."""
 
@@ -128,13 +153,10 @@ def test_grpo_sd15_in_process(tiny_qwen2, tiny_sd15, tiny_scorers, openai_server
         monkeypatch.setenv(k, v)
     cycling_judge(openai_server)
     out = tmp_path / "run"
-    r1.main(
-        [
-            "--gpt_path",
-            tiny_qwen2,
-            *train_args(tiny_sd15, out, ["--judge_model", "j", "--judge_base_url", openai_server.base_url]),
-        ]
-    )
+    data = str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompts.txt")
+    smoke = str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompter_smoke.yaml")
+    r1.main(["--config", smoke, "--gpt_path", tiny_qwen2, "--data", data, "--sdmodel_name", tiny_sd15, "--outdir", str(out),
+             "--judge_model", "j", "--judge_base_url", openai_server.base_url])  # fmt: skip
     assert_trained(tiny_qwen2, out)
 
 

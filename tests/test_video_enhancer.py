@@ -2,6 +2,7 @@
 """video_enhancer.py: SFT on tiny Qwen2 (LoRA moves), GRPO against tiny Wan and the loopback /videos API, the cache,
 traces, judge failures as None, inference with an mp4, and bad input."""
 
+import asyncio
 import itertools
 import json
 
@@ -101,7 +102,8 @@ def test_rl_diffusers_backend_with_judge(
     for k, v in {**tiny_scorers.env, "OPENAI_API_KEY": "test"}.items():
         monkeypatch.setenv(k, v)
     counter = itertools.count()  # alternate all-yes / all-no checklists so a group's rewards differ
-    openai_server.chat_handler = lambda body: json.dumps({"answers": [next(counter) % 2 == 0] * len(V.CHECKLIST)})
+    answer = lambda body: json.dumps({"answers": [next(counter) % 2 == 0] * len(V.CHECKLIST)})  # noqa: E731
+    monkeypatch.setattr(openai_server, "chat_handler", answer)  # restored after the test: the server is shared
     openai_server.fail_next(1, "500")  # one judge call fails (no retries): None for that sample
     out = tmp_path / "rl"
     traces = train_rl(
@@ -135,12 +137,14 @@ def test_rl_diffusers_backend_with_judge(
 def test_rl_openai_backend_and_failed_video(sft_adapter, tiny_scorers, openai_server, monkeypatch, tmp_path):
     for k, v in {**tiny_scorers.env, "OPENAI_API_KEY": "test"}.items():
         monkeypatch.setenv(k, v)
+    n0 = len(openai_server.requests)  # the server is shared by the whole session
     openai_server.fail_video_next(1)  # one job ends "failed" and no retry is allowed: that sample's reward is None
     out = tmp_path / "rl"
     traces = train_rl(sft_adapter, out, ["--video_backend", "openai", "--video_base_url", openai_server.base_url,
-                                         "--video_model", "sora-2", "--poll_interval", "0.01", "--video_retries", "0"])  # fmt: skip
-    created = [r for r in openai_server.requests if r[0] == "POST" and r[1].endswith("/videos")]
-    assert len(created) == 8 and created[0][2]["model"] == "sora-2" and created[0][2]["seconds"] == "4"
+                                         "--video_model", "sora-2", "--poll_interval", "0.01", "--video_retries", "0",
+                                         "--max_steps", "1"])  # fmt: skip
+    created = [r for r in openai_server.requests[n0:] if r[0] == "POST" and r[1].endswith("/videos")]
+    assert len(created) == 4 and created[0][2]["model"] == "sora-2" and created[0][2]["seconds"] == "4"
     assert sum(t["video_path"] is None for t in traces) == 1 and sum(t["video_reward"] is None for t in traces) == 1
 
 
@@ -151,7 +155,7 @@ def test_inference_prints_prompt_and_writes_mp4(sft_adapter, tiny_wan, tmp_path)
     assert res.stdout.strip().splitlines()[-1] and iio.imread(out, extension=".mp4").shape == (5, 32, 32, 3)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "malformed", "judge_key", "no_writer", "stage"])
+@pytest.mark.parametrize("case", ["missing", "empty", "malformed", "judge_key", "no_writer", "stage", "recipe"])
 def test_bad_input(case, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     data, extra = str(PAIRS), []
@@ -163,13 +167,14 @@ def test_bad_input(case, tmp_path, capsys, monkeypatch):
     elif case == "malformed":
         (tmp_path / "m.json").write_text(json.dumps([{"simple": "a", "detailed": "b"}, {"lay": ""}]))
         data, extra = str(tmp_path / "m.json"), ["--stage", "sft"]
-    elif case == "judge_key":
+    elif case in ("judge_key", "recipe"):  # recipe: the rl stage (GRPOConfig) is read from the yaml file
         extra = ["--judge_model", "gpt-4o"]
     elif case == "no_writer":
         import imageio_ffmpeg
 
         monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: (_ for _ in ()).throw(RuntimeError("no ffmpeg")))
-    stage = ["--stage", "nope"] if case == "stage" else ["--stage", "rl"]
+    stage = {"stage": ["--stage", "nope"], "recipe": ["--config", str(REPO / "recipes" / "video_rl.yaml")]}
+    stage = stage.get(case, ["--stage", "rl"])
     with pytest.raises(SystemExit) as exc:
         V.main(
             [
@@ -187,5 +192,52 @@ def test_bad_input(case, tmp_path, capsys, monkeypatch):
         )
     err = capsys.readouterr().err
     expected = {"missing": "data file not found", "empty": "no records", "malformed": "record 2 has no simple prompt",
-                "judge_key": "OPENAI_API_KEY", "no_writer": "no mp4 writer available", "stage": "unknown --stage 'nope'"}  # fmt: skip
+                "judge_key": "OPENAI_API_KEY", "recipe": "OPENAI_API_KEY", "no_writer": "no mp4 writer available", "stage": "unknown --stage 'nope'"}  # fmt: skip
     assert exc.value.code == 2 and expected[case] in err and err.count("\n") == 1
+
+
+def test_inference_bad_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for argv, msg in [
+        (["a dog", "--model_name_or_path", "/m", "--num_beams", "2"], "unrecognised arguments: --num_beams"),
+        (["a dog", "--model_name_or_path", "/m", "--generate_video", str(tmp_path / "o.mp4"), "--video_backend",
+          "openai"], "needs OPENAI_API_KEY"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            V.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and msg in err and err.count("\n") == 1
+
+
+def test_openai_videos_timeout_retry_then_none_and_cache(openai_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    args = V.ScriptArguments(video_backend="openai", video_base_url=openai_server.base_url, video_model="sora-2",
+                             poll_interval=0.02, video_timeout=0.2, video_retries=1)  # fmt: skip
+    videos, n0 = V.Videos(args, str(tmp_path)), len(openai_server.requests)
+    monkeypatch.setattr(
+        openai_server, "video_polls", 10**6
+    )  # the job never completes: the deadline passes, one retry, then None
+    assert videos(["a dog"], [0]) == [None] and videos.failures == 1
+    creates = lambda: sum(r[0] == "POST" and r[1].endswith("/videos") for r in openai_server.requests[n0:])  # noqa: E731
+    assert creates() == 2
+    monkeypatch.setattr(openai_server, "video_polls", 1)
+    first = videos(["a dog"], [0])
+    assert first[0] is not None and videos(["a dog"], [0]) == first and videos.hits == 1 and creates() == 3
+
+
+def test_judge_timeout_retried_and_malformed_becomes_none(openai_server, monkeypatch):
+    from openai import AsyncOpenAI
+    from PIL import Image
+
+    answer = lambda body: json.dumps({"answers": [True] * (len(V.CHECKLIST) - 1) + [False]})  # noqa: E731
+    monkeypatch.setattr(openai_server, "chat_handler", answer)
+    frames = [Image.new("RGB", (16, 16), "red")]
+    expected = (sum(w for _, w in V.CHECKLIST) - 2 * V.CHECKLIST[-1][1]) / sum(w for _, w in V.CHECKLIST)
+
+    async def judge(fail_mode, retries):
+        openai_server.fail_next(2 if fail_mode == "malformed" else 1, fail_mode)
+        async with AsyncOpenAI(base_url=openai_server.base_url, api_key="test", max_retries=0, timeout=0.5) as c:
+            return await V.judge_one(c, "j", frames, "a red square", retries)
+
+    assert asyncio.run(judge("timeout", 1)) == pytest.approx(expected)  # timed out once, answered on the retry
+    assert asyncio.run(judge("malformed", 1)) is None  # both tries malformed: None, not a made-up score

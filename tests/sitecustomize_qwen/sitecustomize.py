@@ -2,20 +2,25 @@
 """Test-only start-up hook (on PYTHONPATH via the `qwen_edit_patch_env` fixture): shrink QwenImageEditPipeline's
 fixed ~1024² input resize to QWEN_EDIT_AREA pixels, so a tiny pipeline call takes 0.3 s instead of ~50 s on CPU.
 
-The patch is applied lazily, when the pipeline module is first imported, so other imports pay nothing.
+The patch is applied lazily, when the pipeline module is first imported, so other imports pay nothing. Because this
+file shadows any other `sitecustomize` on sys.path, it runs the next one it finds (if any) so its behaviour is kept.
 """
 
-import importlib.abc
 import os
 import sys
 
 TARGET = "diffusers.pipelines.qwenimage.pipeline_qwenimage_edit"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
+class _PatchOnImport:
+    """A meta-path finder that only wraps the loader of TARGET, then removes itself."""
+
     def find_spec(self, name, path, target=None):
         if name != TARGET:
             return None
+        import importlib.util
+
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
         loader_exec = spec.loader.exec_module
@@ -29,8 +34,22 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         spec.loader.exec_module = exec_module
         return spec
 
+    def invalidate_caches(self):
+        pass
+
+
+def _run_shadowed_sitecustomize():
+    for entry in sys.path:
+        folder = os.path.abspath(entry or os.curdir)
+        candidate = os.path.join(folder, "sitecustomize.py")
+        if folder != HERE and os.path.isfile(candidate):
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("_shadowed_sitecustomize", candidate)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+
 
 if os.environ.get("QWEN_EDIT_AREA"):
-    import importlib.util
-
     sys.meta_path.insert(0, _PatchOnImport())
+_run_shadowed_sitecustomize()
