@@ -129,8 +129,8 @@ def edit_embeddings(model, processor, pipe, images, instructions, completions, w
     template + completion; the first `prompt_template_encode_start_idx` tokens of each unpadded row are dropped."""
     import torch
 
-    texts = [
-        pipe.prompt_template_encode.format(i) + (f"{c}<|im_end|>" if with_response else "")
+    texts = [  # a None completion (a CFG negative prompt) gets the pipeline's plain template
+        pipe.prompt_template_encode.format(i) + (f"{c}<|im_end|>" if with_response and c is not None else "")
         for i, c in zip(instructions, completions, strict=True)
     ]
     inputs = processor(text=texts, images=[vlm_view(im) for im in images], padding=True, return_tensors="pt").to(
@@ -152,6 +152,15 @@ def edit_embeddings(model, processor, pipe, images, instructions, completions, w
     embeds = torch.stack([torch.cat([r, r.new_zeros(length - len(r), r.shape[1])]) for r in rows])
     mask = torch.stack([torch.arange(length, device=embeds.device) < len(r) for r in rows]).long()
     return embeds, mask
+
+
+def edit_conditions(model, processor, pipe, images, instructions, completions, args: ScriptArguments):
+    """(embeds, mask, neg, neg_mask) for the pipeline: completions and, only when true CFG is on, the blank negative
+    prompts (" ", as the pipeline's own negative), all in the one batched forward of edit_embeddings."""
+    n, cfg = len(images), args.true_cfg_scale > 1
+    embeds, mask = edit_embeddings(model, processor, pipe, list(images) * (1 + cfg), list(instructions) + [" "] * n * cfg,
+                                   list(completions) + [None] * n * cfg, args.with_response, args.max_embed_length)  # fmt: skip
+    return embeds[:n], mask[:n], (embeds[n:] if cfg else None), (mask[n:] if cfg else None)
 
 
 def render_edits(pipe, images, embeds, mask, neg, neg_mask, seeds, args: ScriptArguments) -> list:
@@ -244,11 +253,10 @@ def get_edit_reward(pipe, processor, args: ScriptArguments, state: dict):
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         n, model = len(texts), state["model"]
         t0 = time.perf_counter()
-        embeds, mask = edit_embeddings(model, processor, pipe, list(image) * 2, list(instruction) + [" "] * n, texts + [""] * n,
-                                       args.with_response, args.max_embed_length)  # fmt: skip
+        conditions = edit_conditions(model, processor, pipe, list(image), list(instruction), texts, args)
         t1 = time.perf_counter()
         seeds = [zlib.crc32(f"{step}|{ins}".encode()) for ins in instruction]  # a group shares a seed, on every rank
-        edited = render_edits(pipe, list(image), embeds[:n], mask[:n], embeds[n:], mask[n:], seeds, args)
+        edited = render_edits(pipe, list(image), *conditions, seeds, args)
         t2 = time.perf_counter()
 
         async def judge_all():
@@ -393,17 +401,8 @@ def infer(args: ScriptArguments, model_args, instruction: str):
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=args.max_new_tokens)
     description = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
-    embeds, mask = edit_embeddings(
-        model,
-        processor,
-        pipe,
-        [source, source],
-        [instruction, " "],
-        [description, ""],
-        args.with_response,
-        args.max_embed_length,
-    )
-    edited = render_edits(pipe, [source], embeds[:1], mask[:1], embeds[1:], mask[1:], [args.edit_seed], args)[0]
+    conditions = edit_conditions(model, processor, pipe, [source], [instruction], [description], args)
+    edited = render_edits(pipe, [source], *conditions, [args.edit_seed], args)[0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     edited.save(args.output)
     print(f"saved {args.output}", file=sys.stderr)

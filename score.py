@@ -559,7 +559,6 @@ class MPSScorer(Scorer):
     name = "mps"
 
     def load(self, locations):
-        import torch
         from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
         path = locate("mps_checkpoint", locations)
@@ -586,10 +585,11 @@ class MPSScorer(Scorer):
         self.cross = mps_cross_model(cross_sd).to(self.device, self.dtype).eval().requires_grad_(False)
         self.image_processor = CLIPImageProcessor.from_pretrained(where)
         self.tokenizer = AutoTokenizer.from_pretrained(where)
-        self.torch = torch
 
     def score_batch(self, images, prompts):
-        torch, clip = self.torch, self.clip
+        import torch
+
+        clip = self.clip
 
         def tokens(texts):
             ids = self.tokenizer(

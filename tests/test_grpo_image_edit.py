@@ -178,3 +178,19 @@ def test_recipe_and_demo_data_parse(monkeypatch):
     assert (args.judge_n_evals, args.if_weight, training_args.num_generations, model_args.lora_r) == (3, 0.6, 16, 128)
     rows = G.read_rows(args.data)
     assert len(rows) == 6 and all(r["instruction"].strip() for r in rows) and rows[0]["image"].size == (96, 64)
+
+
+def test_cfg_negatives_are_the_pipelines_blank_prompt_and_only_when_needed(pipe, qwen_edit_small_resize):
+    image = Image.new("RGB", (64, 64), "green")
+    args = G.ScriptArguments(true_cfg_scale=4.0)
+    embeds, mask, neg, neg_mask = G.edit_conditions(
+        pipe.text_encoder, pipe.processor, pipe, [image], ["make it blue"], ["sky turns blue"], args
+    )
+    ref, _ = pipe.encode_prompt(prompt=" ", image=G.vlm_view(image), device="cpu")
+    n = int(neg_mask[0].sum())  # the plain template, no completion or closing <|im_end|> appended
+    assert n == ref.shape[1] and torch.allclose(neg[0, :n], ref[0].detach(), atol=1e-3) and mask[0].sum() > n
+    args.true_cfg_scale = 1.0
+    assert G.edit_conditions(pipe.text_encoder, pipe.processor, pipe, [image], ["make it blue"], ["x"], args)[2:] == (
+        None,
+        None,
+    )
