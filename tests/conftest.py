@@ -51,6 +51,30 @@ def run_command(args: list[str], env: dict | None = None, timeout: float = 300, 
     return res
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: str, *args, num_processes: int = 1) -> list[str]:
+    """`accelerate launch` command for a script on this CPU-only machine, for run_command.
+
+    One process: `--cpu`. Two or more: accelerate's torchrun-based launcher (`--multi_gpu`), which on a machine without
+    CUDA runs gloo ranks (MULTI_CPU) as soon as the script asks for the CPU (GRPOConfig/SFTConfig use_cpu=True, which
+    the scripts pick themselves without CUDA; Accelerator(cpu=True) in epd_ppo.py). `--cpu --num_processes 2` would
+    silently run ONE process: accelerate's plain launcher ignores the count without mpirun.
+    """
+    common = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if num_processes == 1:
+        head = ["--cpu", "--num_processes", "1"]
+    else:
+        head = ["--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(free_port())]
+    return ["accelerate", "launch", *head, *common, script, *map(str, args)]
+
+
 ########################
 # tokenizers (testing.md §2: a small byte-level BPE fed to the real transformers classes)
 ########################
