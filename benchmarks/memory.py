@@ -45,119 +45,89 @@ CONFIGS = {
 
 
 ########################
-# real architectures, built on the meta device (hub configs written out; sizes as released)
+# real architectures: hub configs written out (sizes as released); built on the meta device here, and with random
+# weights on a GPU by benchmarks/gpu_check.py (which keeps tiny twins of these entries under the same names)
 ########################
-def _qwen2(hidden, inter, layers, heads, kv, vocab, tie):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+QWEN_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                 num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)  # fmt: skip
+CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
+KL_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4)  # fmt: skip
+WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+# name -> (model class, config class or None for diffusers models, keyword arguments)
+ARCHS = {
+    "qwen2.5-3b": ("transformers.Qwen2ForCausalLM", "transformers.Qwen2Config",
+                   dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)),
+    "qwen2.5-7b": ("transformers.Qwen2ForCausalLM", "transformers.Qwen2Config", QWEN_TEXT),
+    "qwen2.5-14b": ("transformers.Qwen2ForCausalLM", "transformers.Qwen2Config",
+                    dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
+                         num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False)),
+    "qwen2.5-vl-7b": ("transformers.Qwen2_5_VLForConditionalGeneration", "transformers.Qwen2_5_VLConfig",
+                      dict(text_config=QWEN_TEXT,
+                           vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                              out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
+                                              temporal_patch_size=2, window_size=112,
+                                              fullatt_block_indexes=[7, 15, 23, 31]))),
+    "flux-dit": ("diffusers.FluxTransformer2DModel", None,
+                 dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                      num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                      guidance_embeds=True, axes_dims_rope=(16, 56, 56))),
+    "t5-xxl": ("transformers.T5EncoderModel", "transformers.T5Config", dict(vocab_size=32128, **T5_XXL)),
+    "umt5-xxl": ("transformers.UMT5EncoderModel", "transformers.UMT5Config", dict(vocab_size=256384, **T5_XXL)),
+    "clip-text-l": ("transformers.CLIPTextModel", "transformers.CLIPTextConfig", dict(projection_dim=768, **CLIP_L_TEXT)),
+    "clip-text-l-proj": ("transformers.CLIPTextModelWithProjection", "transformers.CLIPTextConfig",
+                         dict(projection_dim=768, **CLIP_L_TEXT)),
+    "flux-vae": ("diffusers.AutoencoderKL", None,
+                 dict(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                      scaling_factor=0.3611, **KL_VAE)),
+    # UNet2DConditionModel's defaults are SD1.x's (320/640/1280/1280, cross-attention 768)
+    "sd15-unet": ("diffusers.UNet2DConditionModel", None, dict(sample_size=64, cross_attention_dim=768)),
+    "sd-vae": ("diffusers.AutoencoderKL", None, dict(latent_channels=4, sample_size=512, **KL_VAE)),
+    "qwen-image-dit": ("diffusers.QwenImageTransformer2DModel", None,
+                       dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                            num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                            axes_dims_rope=(16, 56, 56))),
+    "qwen-image-vae": ("diffusers.AutoencoderKLQwenImage", None, WAN_VAE),
+    "wan-1.3b-dit": ("diffusers.WanTransformer3DModel", None,
+                     dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                          out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                          cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)),
+    "wan-vae": ("diffusers.AutoencoderKLWan", None, WAN_VAE),
+    # HPSv2 / PickScore / MPS backbone (LAION ViT-H-14, gelu)
+    "clip-vit-h-14": ("transformers.CLIPModel", "transformers.CLIPConfig",
+                      dict(projection_dim=1024,
+                           vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                              num_attention_heads=16, patch_size=14, hidden_act="gelu"),
+                           text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                            num_attention_heads=16, hidden_act="gelu"))),
+    # CLIPScore / LAION aesthetic backbone (openai/clip-vit-large-patch14)
+    "clip-vit-l-14": ("transformers.CLIPModel", "transformers.CLIPConfig",
+                      dict(projection_dim=768, text_config=CLIP_L_TEXT,
+                           vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                              num_attention_heads=16, patch_size=14))),
+    # BLIP ViT-L/16 + BERT-base with cross-attention (ImageReward's MED)
+    "imagereward-blip": ("transformers.BlipForImageTextRetrieval", "transformers.BlipConfig",
+                         dict(vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                                 num_attention_heads=16, patch_size=16, image_size=224),
+                              text_config=dict(vocab_size=30524, hidden_size=768, intermediate_size=3072,
+                                               num_hidden_layers=12, num_attention_heads=12,
+                                               encoder_hidden_size=1024))),
+    "gpt2": ("transformers.GPT2LMHeadModel", "transformers.GPT2Config", dict()),  # GPT-2 small (Promptist)
+}  # fmt: skip
 
-    cfg = Qwen2Config(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tie, max_position_embeddings=32768)  # fmt: skip
-    return Qwen2ForCausalLM(cfg)
 
+def build(name: str, archs: dict = ARCHS):
+    """An architecture from its written-out config (random init; call under torch.device("meta") to count only)."""
+    import importlib
 
-def _qwen25_vl_7b():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    def load(path):
+        module, cls = path.rsplit(".", 1)
+        return getattr(importlib.import_module(module), cls)
 
-    text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)  # fmt: skip
-    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])  # fmt: skip
-    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision))
-
-
-def _clip_text_l():
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, projection_dim=768))  # fmt: skip
-
-
-def _t5_xxl(umt5=False):
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
-
-    kw = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
-    if umt5:  # google/umt5-xxl encoder (Wan 2.1)
-        return UMT5EncoderModel(UMT5Config(vocab_size=256384, **kw))
-    return T5EncoderModel(T5Config(vocab_size=32128, **kw))  # google/t5-v1_1-xxl encoder (FLUX.1)
-
-
-def _vae_kl(latent, quant=True):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=latent,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         use_quant_conv=quant, use_post_quant_conv=quant)  # fmt: skip
-
-
-def _clip(vision: dict, text: dict, proj: int):
-    from transformers import CLIPConfig, CLIPModel
-
-    return CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=proj))
-
-
-def _build(name: str):
-    import diffusers as d
-
-    if name == "qwen2.5-3b":
-        return _qwen2(2048, 11008, 36, 16, 2, 151936, True)
-    if name == "qwen2.5-7b":
-        return _qwen2(3584, 18944, 28, 28, 4, 152064, False)
-    if name == "qwen2.5-14b":
-        return _qwen2(5120, 13824, 48, 40, 8, 152064, False)
-    if name == "qwen2.5-vl-7b":
-        return _qwen25_vl_7b()
-    if name == "flux-dit":
-        return d.FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-                                        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                                        pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))  # fmt: skip
-    if name == "t5-xxl":
-        return _t5_xxl()
-    if name == "umt5-xxl":
-        return _t5_xxl(umt5=True)
-    if name == "clip-text-l":
-        return _clip_text_l()
-    if name == "flux-vae":
-        return _vae_kl(16, quant=False)
-    if name == "sd15-unet":  # UNet2DConditionModel's defaults are SD1.x's (320/640/1280/1280, cross-attn 768)
-        return d.UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-    if name == "sd-vae":
-        return _vae_kl(4)
-    if name == "qwen-image-dit":
-        return d.QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=60,
-                                             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
-                                             guidance_embeds=False, axes_dims_rope=(16, 56, 56))  # fmt: skip
-    if name == "qwen-image-vae":
-        return d.AutoencoderKLQwenImage(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                                        temperal_downsample=[False, True, True])  # fmt: skip
-    if name == "wan-1.3b-dit":
-        return d.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
-                                       in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
-                                       num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)  # fmt: skip
-    if name == "wan-vae":
-        return d.AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                                  temperal_downsample=[False, True, True])  # fmt: skip
-    if name == "clip-vit-h-14":  # HPSv2 / PickScore / MPS backbone (LAION ViT-H-14)
-        return _clip(dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                          patch_size=14, hidden_act="gelu"),
-                     dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                          hidden_act="gelu"), 1024)  # fmt: skip
-    if name == "clip-vit-l-14":  # CLIPScore / LAION aesthetic backbone (openai/clip-vit-large-patch14)
-        return _clip(dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                          patch_size=14),
-                     dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12), 768)  # fmt: skip
-    if name == "imagereward-blip":  # BLIP ViT-L/16 + BERT-base with cross-attention (ImageReward's MED)
-        from transformers import BlipConfig, BlipForImageTextRetrieval
-
-        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                      patch_size=16, image_size=224)  # fmt: skip
-        text = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                    num_attention_heads=12, encoder_hidden_size=1024)  # fmt: skip
-        return BlipForImageTextRetrieval(BlipConfig(vision_config=vision, text_config=text))
-    if name == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        return GPT2LMHeadModel(GPT2Config())
-    raise KeyError(name)
+    model_cls, config_cls, kwargs = archs[name]
+    return load(model_cls)(load(config_cls)(**kwargs)) if config_cls else load(model_cls)(**kwargs)
 
 
 @functools.cache
@@ -166,7 +136,7 @@ def params(name: str) -> int:
     import torch
 
     with torch.device("meta"):
-        model = _build(name)
+        model = build(name)
     return sum(p.numel() for p in model.parameters())
 
 
