@@ -497,7 +497,8 @@ def tiny_mp4(prompt: str, frames: int = 8, size: int = 64) -> bytes:
 
 
 class OpenAIServer:
-    """State of the loopback server; tests set `chat_handler`, `fail_next`, `video_polls`, `fail_video_next`."""
+    """State of the loopback server; tests set `chat_handler`, `fail_next`, `video_polls` (10**6: a job that never
+    finishes), `fail_video_next` (with the failed job's error text); DELETE /videos/{id} removes a job."""
 
     def __init__(self):
         self.reset()
@@ -505,14 +506,15 @@ class OpenAIServer:
     def reset(self):
         self.requests, self.chat_handler, self.failures = [], None, []
         self.timeout_sleep, self.video_polls, self.video_fail_count, self.videos = 3.0, 1, 0, {}
+        self.video_fail_message = "injected failure"
 
     def fail_next(self, n: int, mode: str = "500"):
         if mode not in ("500", "timeout", "malformed"):
             raise ValueError(mode)
         self.failures += [mode] * n
 
-    def fail_video_next(self, n: int = 1):
-        self.video_fail_count += n
+    def fail_video_next(self, n: int = 1, message: str = "injected failure"):
+        self.video_fail_count, self.video_fail_message = self.video_fail_count + n, message
 
     def images_in(self, request_json: dict) -> list[bytes]:
         """Decoded base64 images (data URLs) of a chat request."""
@@ -565,7 +567,7 @@ def _make_handler(state: OpenAIServer):
                 "id": vid, "object": "video", "created_at": v["created"], "model": v["model"], "prompt": v["prompt"],
                 "progress": 100 if v["status"] == "completed" else 0, "seconds": v["seconds"], "size": v["size"],
                 "status": v["status"], "completed_at": None, "expires_at": None, "remixed_from_video_id": None,
-                "error": {"code": "injected", "message": "injected failure"} if v["status"] == "failed" else None,
+                "error": {"code": "injected", "message": v["error"]} if v["status"] == "failed" else None,
             }  # fmt: skip
 
         def do_POST(self):
@@ -598,7 +600,7 @@ def _make_handler(state: OpenAIServer):
                 state.videos[vid] = {
                     "prompt": body.get("prompt", ""), "model": body.get("model", "sora-2"), "created": int(time.time()),
                     "seconds": body.get("seconds", "4"), "size": body.get("size", "720x1280"), "status": "queued",
-                    "polls": 0, "fail": failed,
+                    "polls": 0, "fail": failed, "error": state.video_fail_message,
                 }  # fmt: skip
                 self._send(200, self._video(vid))
             else:
@@ -622,6 +624,13 @@ def _make_handler(state: OpenAIServer):
                     v["status"] = ("failed" if v["fail"] else "completed") if done else "in_progress"
                 return self._send(200, self._video(parts[-1]))
             self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+        def do_DELETE(self):  # the /videos API's way to cancel a job
+            state.requests.append(("DELETE", self.path, None))
+            vid = self.path.rstrip("/").split("/")[-1]
+            if state.videos.pop(vid, None) is None:
+                return self._send(404, {"error": {"message": f"no video {vid}"}})
+            self._send(200, {"id": vid, "deleted": True, "object": "video.deleted"})
 
     return Handler
 
