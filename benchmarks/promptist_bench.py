@@ -1,16 +1,25 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Optimising N prompts with promptist_infer.optimize: one batched generate per chunk vs a per-prompt loop.
+"""promptist_infer.py: batched vs per-prompt optimisation (timed), and SD1.5 render memory per batch (computed).
 
     python benchmarks/promptist_bench.py                  # tiny random GPT-2 (CPU, offline), 32 prompts
     python benchmarks/promptist_bench.py --real_arch      # GPT-2 small architecture (124M), random weights; for a GPU
+    python benchmarks/promptist_bench.py --memory         # SD1.5 fp16 512² render memory per --image_batch_size
 
-Both runs use the same model, tokenizer, prompts and official recipe (8 beams x 8 returns, 75 new tokens,
-length_penalty -1) in one process; the ratio is printed. Run from the repo root.
+Timing: both runs use the same model, tokenizer, prompts and official recipe (8 beams x 8 returns, 75 new tokens,
+length_penalty -1) in one process; the ratio is printed.
+
+Memory (`--memory`, seconds on a CPU): the real SD1.5 UNet, VAE and CLIP text encoder are built from their configs on
+PyTorch's meta device in fp16 (no weights, no FLOPs). A dispatch mode adds up the bytes of every tensor an operator
+returns and subtracts them when the tensor dies; the peak of that count during one UNet call (2 rows per image: CFG)
+and one VAE decode is the activation memory. Attention is counted as CUDA's flash / memory-efficient SDPA kernels
+allocate it (output + fp32 logsumexp, no N² matrix). Not counted: the CUDA context, cuDNN/cuBLAS workspaces and
+allocator fragmentation. These are computed numbers, not measurements. Run from the repo root.
 """
 
 import argparse
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -18,18 +27,101 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from conftest import CORPUS, make_gpt2_tokenizer  # noqa: E402
-
 import promptist_infer  # noqa: E402
 
+# stable-diffusion-v1-5 unet/config.json, vae/config.json, text_encoder/config.json (the values that differ from the
+# diffusers / transformers class defaults, plus the ones that size the model)
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+                 layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)  # fmt: skip
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)  # fmt: skip
+SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)  # fmt: skip
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=32, help="prompts")
-    p.add_argument("--batch_size", type=int, default=32, help="prompts per generate call in the batched run")
-    p.add_argument("--real_arch", action="store_true", help="GPT-2 small (n_embd 768, 12 layers) instead of tiny")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+
+class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of the tensors created inside the mode that are alive at the same time (views share storage)."""
+
+    def __init__(self, ignore: set):
+        super().__init__()
+        self.ignore, self.refs, self.size, self.now, self.peak = ignore, {}, {}, 0, 0
+
+    def _release(self, key):
+        self.refs[key] -= 1
+        if not self.refs[key]:
+            self.now -= self.size.pop(key)
+            del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in self.ignore:
+                key = t.untyped_storage()._cdata
+                if key not in self.refs:
+                    self.refs[key], self.size[key] = 0, t.untyped_storage().nbytes()
+                    self.now += self.size[key]
+                    self.peak = max(self.peak, self.now)
+                self.refs[key] += 1
+                weakref.finalize(t, self._release, key)
+        return out
+
+
+def flash_sdpa(q, k, v, *args, **kwargs):
+    """What CUDA's flash / memory-efficient attention allocates: the output and an fp32 logsumexp per query."""
+    lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    del lse
+    return out
+
+
+def sd15_render_memory(pairs_per_call: int, vae_slicing: bool = True, height: int = 512, width: int = 512) -> dict:
+    """Computed bytes of one promptist_infer render call on SD1.5 fp16: `weights`, activation peaks `unet` (one
+    denoising step, 2 images per pair x 2 CFG rows) and `vae` (decode of 1 image with slicing, else of all), `peak`."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET).to(torch.float16).eval()
+        vae = AutoencoderKL(**SD15_VAE).to(torch.float16).eval()
+        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).to(torch.float16)
+    models = (unet, vae, text)
+    weights = sum(t.untyped_storage().nbytes() for m in models for t in (*m.parameters(), *m.buffers()))
+    ignore = {t.untyped_storage()._cdata for m in models for t in (*m.parameters(), *m.buffers())}
+    images, lat = 2 * pairs_per_call, (height // 8, width // 8)
+    F = torch.nn.functional
+    sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, flash_sdpa
+    peaks = {}
+    try:
+        with torch.no_grad():
+            x = torch.empty(2 * images, 4, *lat, device="meta", dtype=torch.float16)
+            ctx = torch.empty(2 * images, 77, 768, device="meta", dtype=torch.float16)
+            with LiveBytes(ignore) as mode:
+                unet(x, torch.tensor(999, device="meta"), encoder_hidden_states=ctx)
+            peaks["unet"] = mode.peak
+            z = torch.empty(1 if vae_slicing else images, 4, *lat, device="meta", dtype=torch.float16)
+            with LiveBytes(ignore) as mode:
+                vae.decode(z)
+            peaks["vae"] = mode.peak
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    return {"weights": weights, **peaks, "peak": weights + max(peaks.values())}
+
+
+def memory_table():
+    gib = 2**30
+    print("SD1.5 fp16 512², computed on the meta device (not measured); GiB; pairs = --image_batch_size")
+    print(f"{'pairs':>5} {'images':>6} {'VAE slicing':>11} {'weights':>8} {'UNet act':>8} {'VAE act':>8} {'peak':>6}")
+    for pairs in (1, 2, 4, 8):
+        for slicing in (False, True):
+            m = sd15_render_memory(pairs, slicing)
+            print(f"{pairs:>5} {2 * pairs:>6} {str(slicing):>11} {m['weights'] / gib:8.2f} {m['unet'] / gib:8.2f} "
+                  f"{m['vae'] / gib:8.2f} {m['peak'] / gib:6.2f}")  # fmt: skip
+
+
+def timing(args):
+    from conftest import CORPUS, make_gpt2_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = make_gpt2_tokenizer()
@@ -65,6 +157,20 @@ def main():
         print(f"{name:<22} {sec:8.2f} s  {args.n / sec:8.1f} prompts/s")
     loop, batch = timings.values()
     print(f"speed-up batched vs loop: {loop / batch:.1f}x")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=32, help="prompts")
+    p.add_argument("--batch_size", type=int, default=32, help="prompts per generate call in the batched run")
+    p.add_argument("--real_arch", action="store_true", help="GPT-2 small (n_embd 768, 12 layers) instead of tiny")
+    p.add_argument("--memory", action="store_true", help="computed SD1.5 render memory instead of timing")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if args.memory:
+        memory_table()
+    else:
+        timing(args)
 
 
 if __name__ == "__main__":
