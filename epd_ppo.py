@@ -4,7 +4,7 @@
 # dependencies = ["torch", "diffusers>=0.35", "transformers>=5.0", "accelerate>=1.10", "trl>=1.0", "safetensors",
 #                 "open_clip_torch>=3.0", "pillow>=10.0", "tqdm"]
 # ///
-"""EPD parallel ODE solver for Stable Diffusion, its baselines, and RLEPD's residual-Dirichlet PPO on the EPD table.
+"""EPD parallel ODE solver for diffusion models, its baselines, and RLEPD's residual-Dirichlet PPO on the EPD table.
 
 README section: "epd_ppo.py". EPD-Solver (Zhu et al., "Distilling Parallel Gradients for Fast ODE Solvers of
 Diffusion Models", ICCV 2025, arXiv 2507.14797; github.com/BeierZhu/EPD) replaces each step of a probability-flow ODE
@@ -17,32 +17,50 @@ Dirichlet over K+1 segments (cumulative sums, so always ordered) and its weights
 MLP on a step embedding, zero-initialised, corrects the cold-start concentrations; every rollout image samples its own
 table; the reward is HPSv2.1. Paper (SD1.5 512², 1000 prompts, HPSv2.1 at NFE 20): DDIM-20 0.2416, DPM-Solver-2
 0.2435, iPNDM 0.2454, EPD+RL **0.2482** (DDIM-50: 0.2454); 9,000 PPO steps on one H200 (8.4 s/step, ~21 h).
+SD3-Medium 1024² (RDPO paper): EPD+RL at NFE 20 0.2823 vs DDIM-28 0.2820.
+
+Models (the pipeline class picks the wrapper): SD1.x/2.x as an EDM denoiser (RLEPD's CFGPrecond on diffusers
+components); SD3 and FLUX (rectified flow x_t = (1-t) x0 + t eps) as D(x_t; t) = x_t - t v, with the ODE in (x_t, t):
+dx_t/dt = v = (x_t - D)/t is exactly the EDM form with sigma := t, so every solver runs unchanged; the grid is the
+scheduler's own shifted one ("flowmatch", FLUX's resolution-dependent mu included), as RLEPD's SD3/FLUX backends do.
 
 Differences from the reference code:
 1. Advantage: leave-one-out baseline within each prompt's group by default. RLEPD reshapes prompt-major rewards
    `view(k, G)`, which mixes prompts in each baseline; `--mixed_prompt_baseline` reproduces that (its paper runs used it).
+   Advantages are standardised over the whole batch of all processes (RLEPD: per process), so N processes make
+   exactly the update of one process with the same global batch (tested).
 2. The K intermediate evaluations of a step are one batched denoiser call (RLEPD's rollouts loop over k).
-3. SD1.x/2.x is wrapped from diffusers components (UNet, VAE, CLIP; alphas_cumprod from the scheduler) instead of the
-   CompVis LDM code; eps- and v-prediction UNets both work. The exported table is JSON (or safetensors), not a pickle.
+3. Diffusers components instead of the CompVis LDM code; eps- and v-prediction UNets both work. The exported table is
+   JSON and carries its settings (num_steps, num_points, schedule, rho, guidance_scale), which `--sample` follows.
 4. The policy, PPO and export follow RLEPD 5258a7f; c_k / a_k scale heads (unused for SD1.5) are not implemented.
+5. Flow models: the state is x_t itself with sigma := t (RLEPD HEAD's SD3/FLUX backends), not the VE rescaling
+   x_t/(1-t) with sigma = t/(1-t): that one starts at sigma = infinity on the t = 1 grids these schedulers use.
 
-NFE (sequential UNet calls per image, CFG counted once as in the paper) for --num_steps N:
+NFE (sequential denoiser calls per image, CFG counted once as in the paper) for --num_steps N:
     ddim N-1 | ipndm N-1 | dpm2 2(N-1) | heun 2(N-1) | epd 2(N-1) sequential, (K+1)(N-1) evaluations.
     Paper rows: DDIM 20 = --num_steps 21; EPD "Step 10, NFE 20" = --num_steps 11 --num_points 2.
 
-Usage (run from the repository root):
-    # PPO (paper-best SD1.5 defaults: rollout 8 = 2 prompts x 4 seeds, lr 7e-5, concentration 20, HPSv2.1 reward)
+Usage (run from the repository root; `python epd_ppo.py --help` lists every flag):
+    # PPO, paper-best SD1.5 settings (rollout 8 = 2 prompts x 4 seeds, lr 7e-5, concentration 20, HPSv2.1): one
+    # H200 in RLEPD (8.4 s/step); `accelerate launch --num_processes 8` splits each rollout over 8 GPUs, same update
     accelerate launch epd_ppo.py --prompt_file prompts.txt --outdir runs/epd --total_steps 9000
-    # sample with the learned mean table, and with baselines on the same seeds; then score with score.py
+    # sample with the learned table (its own settings), and baselines on the same seeds; then score with score.py
     python epd_ppo.py --sample --table runs/epd/table.json --prompt_file test.txt --outdir samples/epd
     python epd_ppo.py --sample --solver ddim --num_steps 21 --prompt_file test.txt --outdir samples/ddim20
+    python epd_ppo.py "a cat in the rain" --table runs/epd/table.json --outdir samples/cat    # laptop: one prompt
     python score.py --metrics hpsv2,pickscore,imagereward,clip,aesthetic --images samples/epd --prompts test.txt
-    # CPU smoke run: tests/test_epd_ppo.py (tiny SD, 64 px, 2 PPO steps)
-Resumes from `<outdir>/checkpoint.pt` when present; Ctrl-C or a crash saves first. Expected: training HPS ~0.26 on
-MS-COCO captions, exported-table HPSv2.1 ~0.248 on the 1000 test prompts (not reproduced here: no GPU was available).
+    # SD3-Medium: --model_id stabilityai/stable-diffusion-3-medium-diffusers (flowmatch grid, CFG 4.5 by default)
+    # CPU smoke run (tiny models, 2 PPO steps, no device flags): tests/test_epd_ppo.py
+Resumes from `<outdir>/checkpoint.pt` when present. Every step is seeded from (seed, step, image index), never from
+the process rank. A non-finite reward, log-prob or parameter stops the run with one `error:` line and keeps the last
+finite policy as the checkpoint; Ctrl-C or a crash saves the last completed step first. Expected: training HPS ~0.26
+on MS-COCO captions, exported-table HPSv2.1 ~0.248 on the 1000 test prompts (not reproduced here: no GPU was lent).
+`ppo_step()` is the method in one function (rollout -> reward -> advantage -> PPO); copy it for your own model/reward.
 """
 
+import copy
 import json
+import logging
 import math
 import sys
 import time
@@ -52,11 +70,21 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-SCHEDULES = ("discrete", "time_uniform", "polynomial", "logsnr")
+# bitsandbytes' CPU backend (imported by diffusers/peft) logs a missing optional kernel on every import
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+SCHEDULES = ("discrete", "time_uniform", "polynomial", "logsnr", "flowmatch")  # flowmatch: SD3/FLUX only
+FLOW_PIPELINES = {"StableDiffusion3Pipeline": 4.5, "FluxPipeline": 3.5}  # -> default guidance (RLEPD backends)
+VP_PIPELINES = {"StableDiffusionPipeline": 7.5}
+TABLE_SETTINGS = {"num_steps": int, "num_points": int, "schedule": str, "rho": float, "guidance_scale": float}
+# HPSv3 (Ma et al., ICCV 2025) is unbounded; its benchmark's model means run from ~10.6 (Kolors, the top; project
+# page table) down to ~0 for older models. This range maps it to [0, 1] like RLEPD's other metrics: adjust freely.
+HPSV3_RANGE = (-2.0, 14.0)
 NORMALISE = {  # RLEPD reward_multi: each metric mapped to ~[0, 1] before weighting
     "hpsv2": lambda s: s.clamp(0, 1), "pickscore": lambda s: (s / 26).clamp(0, 1),
     "imagereward": lambda s: (s / 10).clamp(0, 1), "clip": lambda s: s.clamp(0, 1),
     "aesthetic": lambda s: (s / 10).clamp(0, 1),
+    "hpsv3": lambda s: ((s - HPSV3_RANGE[0]) / (HPSV3_RANGE[1] - HPSV3_RANGE[0])).clamp(0, 1),
 }  # fmt: skip
 
 
@@ -64,32 +92,38 @@ NORMALISE = {  # RLEPD reward_multi: each metric mapped to ~[0, 1] before weight
 class ScriptArguments:
     # model and solver
     model_id: str = field(
-        default="stable-diffusion-v1-5/stable-diffusion-v1-5", metadata={"help": "SD1.x/2.x diffusers id or folder."}
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        metadata={"help": "Diffusers pipeline id or folder: SD1.x/2.x, SD3 or FLUX."},
     )
     solver: str = field(default="epd", metadata={"help": "epd | ddim | dpm2 | heun | ipndm (sampling)."})
-    num_steps: int = field(default=11, metadata={"help": "Noise levels N (N-1 steps); EPD table rows = N-1."})
-    num_points: int = field(default=2, metadata={"help": "EPD parallel points K per step."})
-    schedule: str = field(default="discrete", metadata={"help": f"One of {', '.join(SCHEDULES)}."})
-    rho: float = field(default=1.0, metadata={"help": "Schedule exponent (7 for EDM's polynomial)."})
-    max_order: int = field(default=4, metadata={"help": "iPNDM order (the paper's iPNDM rows use 3)."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance."})
-    height: int = field(default=512, metadata={"help": "Image height."})
-    width: int = field(default=512, metadata={"help": "Image width."})
+    num_steps: int = field(default=11, metadata={"help": "Noise levels N >= 2 (N-1 steps); EPD table rows = N-1."})
+    num_points: int = field(default=2, metadata={"help": "EPD parallel points K >= 1 per step."})
+    schedule: str = field(
+        default="auto", metadata={"help": f"auto (discrete for SD, flowmatch for SD3/FLUX) or one of {SCHEDULES}."}
+    )
+    rho: float = field(default=1.0, metadata={"help": "Schedule exponent > 0 (7 for EDM's polynomial)."})
+    max_order: int = field(default=4, metadata={"help": "iPNDM order 1-4 (the paper's iPNDM rows use 3)."})
+    guidance_scale: float | None = field(
+        default=None, metadata={"help": "CFG scale (FLUX: embedded guidance); default SD 7.5, SD3 4.5, FLUX 3.5."}
+    )
+    height: int = field(default=512, metadata={"help": "Image height (multiple of 8; SD3/FLUX: of 16)."})
+    width: int = field(default=512, metadata={"help": "Image width (multiple of 8; SD3/FLUX: of 16)."})
     prompt_file: str | None = field(default=None, metadata={"help": "Prompts: .txt lines or .csv `text` column."})
-    outdir: str = field(default="runs/epd", metadata={"help": "Run folder (training) or image folder (--sample)."})
-    seed: int = field(default=0, metadata={"help": "Training: rank r uses seed + r; sampling: first seed."})
+    outdir: str = field(default="runs/epd", metadata={"help": "Run folder (training) or image folder (sampling)."})
+    seed: int = field(default=0, metadata={"help": "Training: rollouts seeded by (seed, step); sampling: first seed."})
     # sampling
-    sample: bool = field(default=False, metadata={"help": "Sample images instead of training."})
+    sample: bool = field(default=False, metadata={"help": "Sample images instead of training (implied by PROMPTs)."})
     table: str | None = field(default=None, metadata={"help": "EPD table (.json/.safetensors): sample or start."})
     batch_size: int = field(default=4, metadata={"help": "Images per sampling batch."})
+    device: str | None = field(default=None, metadata={"help": "Sampling device (default cuda > mps > cpu)."})
     # RL (defaults: RLEPD run sd15_k20, the paper's SD1.5 row)
     r_base: float = field(default=0.5, metadata={"help": "Cold start: positions spread around r_base."})
     r_epsilon: float = field(default=0.33, metadata={"help": "Cold start: span r_base +- r_epsilon/2 (.335, .665)."})
     concentration: float = field(default=20.0, metadata={"help": "Base Dirichlet concentration (sum of alphas)."})
     hidden_dim: int = field(default=128, metadata={"help": "Policy MLP width."})
-    rollout_batch_size: int = field(default=8, metadata={"help": "Images per PPO step per process."})
-    group_size: int = field(default=4, metadata={"help": "Seeds per prompt (RLEPD rloo_k)."})
-    minibatch_size: int = field(default=4, metadata={"help": "PPO minibatch (images)."})
+    rollout_batch_size: int = field(default=8, metadata={"help": "Images per PPO step, all processes together."})
+    group_size: int = field(default=4, metadata={"help": "Seeds per prompt (RLEPD rloo_k), >= 2."})
+    minibatch_size: int = field(default=4, metadata={"help": "PPO minibatch (images, all processes together)."})
     ppo_epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch."})
     learning_rate: float = field(default=7e-5, metadata={"help": "AdamW learning rate."})
     clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip."})
@@ -117,7 +151,8 @@ class VPTime:
 
     def __init__(self, alphas_cumprod):
         acp = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        self.t = torch.arange(1, len(acp) + 1, dtype=torch.float64) / len(acp)
+        self.steps = len(acp)  # T: 1000 for SD, but read from the scheduler
+        self.t = torch.arange(1, self.steps + 1, dtype=torch.float64) / self.steps
         self.log_alpha = 0.5 * acp.log()
 
     def sigma(self, t):
@@ -135,7 +170,7 @@ def sd15_alphas_cumprod():
 
 
 def get_sigmas(num_steps, schedule="discrete", sigma_min=None, sigma_max=None, rho=1.0, alphas_cumprod=None):
-    """Descending noise levels t_0 = sigma_max > ... > t_{N-1} = sigma_min (EDM sigma space)."""
+    """Descending noise levels t_0 = sigma_max > ... > t_{N-1} = sigma_min (EDM sigma space, VP models)."""
     vp = VPTime(sd15_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
     smin = float(vp.sigma(vp.t[0])) if sigma_min is None else sigma_min  # SD1.5: 0.029168
     smax = float(vp.sigma(1.0)) if sigma_max is None else sigma_max  # SD1.5: 14.6146
@@ -154,7 +189,7 @@ def get_sigmas(num_steps, schedule="discrete", sigma_min=None, sigma_max=None, r
         tmin, tmax = vp.sigma_inv(smin), vp.sigma_inv(smax)
         s = vp.sigma((tmax ** (1 / rho) + i * (tmin ** (1 / rho) - tmax ** (1 / rho))) ** rho)
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        raise ValueError(f"unknown schedule {schedule!r} for an SD (VP) model; valid: {', '.join(SCHEDULES[:4])}")
     return s.float()
 
 
@@ -167,7 +202,7 @@ def slope(denoise, x, t):
 
 
 def ddim(denoise, x, sigmas):
-    """Euler on the probability-flow ODE = deterministic DDIM. NFE N-1."""
+    """Euler on the probability-flow ODE = deterministic DDIM (= flow-matching Euler for SD3/FLUX). NFE N-1."""
     for t, t_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         x = x + (t_next - t) * slope(denoise, x, t)
     return x
@@ -236,21 +271,26 @@ def nfe(solver: str, num_steps: int, num_points: int = 2) -> tuple[int, int]:
 
 
 ########################
-# SD1.x/2.x as an EDM denoiser (RLEPD CFGPrecond on diffusers components)
+# Denoisers: D(x; sigma) of a diffusers pipeline, plus its grid, latent shape, prompts and decoder
 ########################
 class SDDenoiser:
-    """D(x; sigma) = x - sigma * eps_cfg(x / sqrt(sigma^2 + 1), 1000 t(sigma) - 1), CFG as one UNet batch."""
+    """SD1.x/2.x (RLEPD CFGPrecond): D = x - sigma eps_cfg(x / sqrt(sigma^2 + 1), T t(sigma) - 1), CFG as one batch."""
 
-    def __init__(self, pipe, guidance_scale: float):
+    def __init__(self, pipe, guidance_scale: float, height: int, width: int):
         self.pipe, self.guidance = pipe, guidance_scale
         self.vp = VPTime(pipe.scheduler.alphas_cumprod)
         self.v_prediction = pipe.scheduler.config.prediction_type == "v_prediction"
         self.dtype, self.device = pipe.unet.dtype, pipe.unet.device
-        self.cond = self.uncond = None
+        self.shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        self.prompts = []
+
+    def sigmas(self, num_steps: int, schedule: str, rho: float):
+        return get_sigmas(num_steps, schedule, rho=rho, alphas_cumprod=self.pipe.scheduler.alphas_cumprod)
 
     def set_prompts(self, prompts: list[str]):
-        cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, True, negative_prompt=[""] * len(prompts))
-        self.cond, self.uncond = cond, uncond
+        n = len(prompts)
+        self.cond, self.uncond = self.pipe.encode_prompt(prompts, self.device, 1, True, negative_prompt=[""] * n)
+        self.prompts = list(prompts)
 
     @torch.no_grad()
     def __call__(self, x, sigma):
@@ -258,7 +298,7 @@ class SDDenoiser:
         cond, uncond = self.cond.repeat_interleave(reps, 0), self.uncond.repeat_interleave(reps, 0)
         sig = sigma.to(torch.float64)
         c_in = (1 / torch.sqrt(sig**2 + 1)).view(-1, 1, 1, 1).to(x)
-        t = (1000 * self.vp.sigma_inv(sig.cpu()) - 1).to(self.device, torch.float32)  # continuous UNet timestep
+        t = (self.vp.steps * self.vp.sigma_inv(sig.cpu()) - 1).to(self.device, torch.float32)  # continuous timestep
         x_in = (x * c_in).to(self.dtype)
         out = self.pipe.unet(
             torch.cat([x_in, x_in]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])
@@ -272,57 +312,197 @@ class SDDenoiser:
     @torch.no_grad()
     def decode(self, x):
         """The state at sigma_min decoded as is (no final denoise, as upstream) to [0, 1] images [B, 3, H, W]."""
-        vae = self.pipe.vae
-        img = vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
-        return ((img.float() + 1) / 2).clamp(0, 1)
+        return decode_latents(self.pipe.vae, x)
+
+
+class FlowDenoiser:
+    """SD3 / FLUX: x = x_t, sigma = t, D(x_t; t) = x_t - t v(x_t, t) (RLEPD HEAD models/backends/*_diffusers_backend).
+
+    The grid is the scheduler's own: set_timesteps(N) (shifted; FLUX with mu from the image length) without the
+    appended 0, so sampling ends at the last nonzero t like SD ends at sigma_min (RLEPD make_flowmatch_schedule).
+    """
+
+    def __init__(self, pipe, guidance_scale: float, height: int, width: int):
+        self.pipe, self.guidance, self.model = pipe, guidance_scale, pipe.transformer
+        self.flux = type(pipe).__name__.startswith("Flux")
+        self.dtype, self.device = self.model.dtype, self.model.device
+        self.hw, f = (height, width), pipe.vae_scale_factor
+        if self.flux:  # FLUX packs 2x2 latent patches: latent sides rounded to even, as FluxPipeline.prepare_latents
+            self.shape = (self.model.config.in_channels // 4, 2 * (height // (2 * f)), 2 * (width // (2 * f)))
+            self.seq_len = (self.shape[1] // 2) * (self.shape[2] // 2)
+        else:
+            self.shape = (self.model.config.in_channels, height // f, width // f)
+            self.seq_len = (self.shape[1] // self.model.config.patch_size) * (
+                self.shape[2] // self.model.config.patch_size
+            )
+        self.cfg = not self.flux and guidance_scale > 1  # SD3: true CFG; FLUX-dev: guidance is a model input
+        self.prompts = []
+
+    def sigmas(self, num_steps: int, schedule: str, rho: float):
+        if schedule != "flowmatch":
+            raise ValueError(f"schedule {schedule!r} is for SD (VP) models; SD3/FLUX use flowmatch")
+        sched, kwargs = self.pipe.scheduler, {}
+        if sched.config.get("use_dynamic_shifting", False):  # diffusers calculate_shift: mu linear in image tokens
+            c = sched.config
+            slope_mu = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+            kwargs["mu"] = c.base_shift + slope_mu * (self.seq_len - c.base_image_seq_len)
+        sched.set_timesteps(num_steps, **kwargs)
+        return sched.sigmas[:-1].detach().cpu().float().clone()
+
+    def set_prompts(self, prompts: list[str]):
+        n, p = len(prompts), self.pipe
+        if self.flux:
+            self.emb, self.pooled, self.text_ids = p.encode_prompt(
+                prompts, None, self.device, 1, max_sequence_length=512
+            )
+        else:
+            emb, neg, pooled, neg_pooled = p.encode_prompt(
+                prompts, None, None, self.device, 1, self.cfg, negative_prompt=[""] * n, max_sequence_length=256
+            )
+            self.emb, self.pooled = (
+                (torch.cat([neg, emb]), torch.cat([neg_pooled, pooled])) if self.cfg else (emb, pooled)
+            )
+        self.prompts = list(prompts)
+
+    @torch.no_grad()
+    def __call__(self, x, t):
+        b, reps = x.shape[0], x.shape[0] // len(self.prompts)
+        x_in, t_in = x.to(self.dtype), t.to(self.device, self.dtype)
+        if self.flux:
+            c, h, w = self.shape
+            guidance = (
+                torch.full([b], self.guidance, device=self.device) if self.model.config.guidance_embeds else None
+            )
+            v = self.model(
+                hidden_states=self.pipe._pack_latents(x_in, b, c, h, w), timestep=t_in, guidance=guidance,
+                pooled_projections=self.pooled.repeat_interleave(reps, 0),
+                encoder_hidden_states=self.emb.repeat_interleave(reps, 0), txt_ids=self.text_ids,
+                img_ids=self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype),
+                return_dict=False,
+            )[0]  # fmt: skip
+            v = self.pipe._unpack_latents(v, *self.hw, self.pipe.vae_scale_factor)
+        else:  # SD3: timestep = 1000 t, CFG batch [uncond, cond] as StableDiffusion3Pipeline
+            emb, pooled = self.emb.repeat_interleave(reps, 0), self.pooled.repeat_interleave(reps, 0)
+            n = 2 if self.cfg else 1
+            v = self.model(
+                hidden_states=torch.cat([x_in] * n), timestep=torch.cat([t_in] * n) * 1000,
+                encoder_hidden_states=emb, pooled_projections=pooled, return_dict=False,
+            )[0]  # fmt: skip
+            if self.cfg:
+                v_u, v_c = v.float().chunk(2)
+                v = v_u + self.guidance * (v_c - v_u)
+        return x - t.view(-1, 1, 1, 1).to(x) * v.float()
+
+    @torch.no_grad()
+    def decode(self, x):
+        return decode_latents(self.pipe.vae, x)
+
+
+def decode_latents(vae, x):
+    """Latents -> [0, 1] images [B, 3, H, W] (x / scaling + shift, as the SD/SD3/FLUX pipelines decode)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    img = vae.decode((x / vae.config.scaling_factor + shift).to(vae.dtype)).sample
+    return ((img.float() + 1) / 2).clamp(0, 1)
+
+
+def pipeline_class(model_id: str) -> str | None:
+    """The pipeline class named in model_index.json, read without loading weights (None: hub unreachable now)."""
+    path = Path(model_id).expanduser()
+    if model_id.startswith(("/", "./", "../", "~")) or path.exists():
+        if not path.is_dir():
+            raise ValueError(f"--model_id: no such folder: {model_id}")
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"--model_id {model_id} is not a diffusers pipeline folder (no model_index.json)")
+        return json.loads((path / "model_index.json").read_text())["_class_name"]
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:  # only the small index file, cached or fetched
+        return json.loads(Path(hf_hub_download(model_id, "model_index.json")).read_text())["_class_name"]
+    except GatedRepoError:
+        raise ValueError(f"--model_id {model_id} is gated: accept its licence on the hub and log in") from None
+    except (HFValidationError, RepositoryNotFoundError):
+        raise ValueError(f"--model_id {model_id}: no such folder or hub repository") from None
+    except Exception:  # offline and not cached: checked again after loading
+        return None
 
 
 def load_pipeline(model_id: str, device):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model_id, dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    cls = pipeline_class(model_id)
+    dtype = torch.float32 if device.type != "cuda" else torch.float16 if cls in VP_PIPELINES else torch.bfloat16
+    extra = {"safety_checker": None, "requires_safety_checker": False} if cls in VP_PIPELINES else {}
+    pipe = DiffusionPipeline.from_pretrained(model_id, dtype=dtype, **extra)
+    if type(pipe).__name__ not in {**VP_PIPELINES, **FLOW_PIPELINES}:
+        raise ValueError(f"{model_id} is a {type(pipe).__name__}; supported: SD1.x/2.x, SD3, FLUX")
     pipe.to(device).set_progress_bar_config(disable=True)
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False).eval()
+    for m in pipe.components.values():
+        if isinstance(m, nn.Module):
+            m.requires_grad_(False).eval()
     return pipe
+
+
+def make_denoiser(pipe, guidance_scale: float | None, height: int, width: int):
+    """The wrapper for the pipeline's class: SDDenoiser (UNet, VP) or FlowDenoiser (SD3/FLUX transformer)."""
+    name = type(pipe).__name__
+    guidance = {**VP_PIPELINES, **FLOW_PIPELINES}[name] if guidance_scale is None else guidance_scale
+    return (FlowDenoiser if name in FLOW_PIPELINES else SDDenoiser)(pipe, guidance, height, width)
 
 
 def initial_noise(seeds: list[int], shape, sigma_max: float, device):
     """One generator per image seed (RLEPD StackedRandomGenerator): any image can be regenerated from its seed."""
-    return (
-        torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
-        * sigma_max
-    )
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(device) * sigma_max
 
 
 ########################
-# Tables and the residual Dirichlet policy (RLEPD training/ppo/policy.py)
+# Tables and the residual Dirichlet policy (RLEPD training/ppo/{cold_start,policy,export_epd_predictor}.py)
 ########################
 def cold_start(num_steps: int, num_points: int, r_base: float, r_epsilon: float):
     """RLEPD fake_train.py: positions evenly spread over r_base +- r_epsilon/2 in every row, uniform weights."""
-    row = (
-        torch.linspace(r_base - r_epsilon / 2, r_base + r_epsilon / 2, num_points)
-        if num_points > 1
-        else torch.tensor([r_base])
-    )
+    row = torch.linspace(r_base - r_epsilon / 2, r_base + r_epsilon / 2, num_points) if num_points > 1 else None
+    row = torch.tensor([r_base]) if row is None else row
     return row.repeat(num_steps - 1, 1), torch.full((num_steps - 1, num_points), 1 / num_points)
 
 
-def load_table(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+def sanitize_table(positions, weights, eps: float = 1e-6):
+    """RLEPD _sanitize_table_arrays + export: sort each row (weights follow their points), clip r_k into
+    [r_{k-1} + eps, 1 - eps (K - k)] (k from 1), weights clamped at eps and renormalised (= softmax(log clamp))."""
+    pos, order = positions.double().sort(-1)
+    w = weights.double().gather(-1, order).clamp_min(eps)
+    prev, k = torch.zeros(len(pos), dtype=torch.float64), pos.shape[-1]
+    for j in range(k):
+        pos[:, j] = torch.minimum(
+            torch.maximum(pos[:, j], prev + eps), torch.tensor(1 - eps * (k - j), dtype=torch.float64)
+        )
+        prev = pos[:, j]
+    return pos, w / w.sum(-1, keepdim=True)  # float64: a clipped segment stays exactly eps
+
+
+def load_table(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(positions, weights, settings) from a .json table (or .safetensors: positions/weights only)."""
+    if not Path(path).is_file():
+        raise ValueError(f"--table: no such file: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        data = load_file(path)
+        data, meta = load_file(path), {}
     else:
-        data = {
-            k: torch.tensor(v, dtype=torch.float32)
-            for k, v in json.loads(Path(path).read_text()).items()
-            if k in ("positions", "weights")
-        }
-    return data["positions"].float(), data["weights"].float()
+        try:
+            raw = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--table {path}: invalid JSON (line {e.lineno}: {e.msg})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"--table {path}: expected a JSON object with positions and weights")
+        meta = {k: raw[k] for k in TABLE_SETTINGS if raw.get(k) is not None}
+        try:
+            data = {k: torch.tensor(raw[k], dtype=torch.float32) for k in ("positions", "weights")}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"--table {path}: needs numeric 2-D `positions` and `weights` ({e})") from None
+    if "positions" not in data or "weights" not in data or data["positions"].dim() != 2:
+        raise ValueError(f"--table {path}: needs 2-D `positions` and `weights`")
+    return data["positions"].float(), data["weights"].float(), meta
 
 
 def check_table(positions, weights, num_steps: int, num_points: int):
@@ -342,14 +522,20 @@ def save_table(path: Path, positions, weights, **meta):
 class DirichletPolicy(nn.Module):
     """log alpha = base log alpha (cold start x concentration) + zero-initialised residual MLP of a step embedding."""
 
-    def __init__(self, positions, weights, concentration: float, hidden: int = 128, layers: int = 2):
+    def __init__(self, positions, weights, concentration: float, hidden: int = 128, layers: int = 2, eps=1e-6):
         super().__init__()
-        pos_sorted, order = positions.sort(-1)  # ordered positions; weights follow their points
-        rows = len(pos_sorted)
-        segments = torch.diff(torch.cat([torch.zeros(rows, 1), pos_sorted, torch.ones(rows, 1)], -1))
-        self.register_buffer("base_log_alpha_pos", torch.log(concentration * segments.clamp_min(1e-6)))
-        self.register_buffer("base_log_alpha_w", torch.log(concentration * weights.gather(-1, order).clamp_min(1e-6)))
-        self.steps, self.k = positions.shape
+        pos, w = sanitize_table(positions, weights, eps)  # RLEPD cold start: sorted, clipped rows
+        rows, k = pos.shape
+        segments = torch.diff(
+            torch.cat([torch.zeros(rows, 1, dtype=pos.dtype), pos, torch.ones(rows, 1, dtype=pos.dtype)], -1)
+        )
+        # RLEPD build_dirichlet_params: a row with a segment or weight <= 1e-6 falls back to the uniform mean
+        # (the 1e-12 absorbs float64 rounding of a segment the clip above set to exactly eps)
+        segments[(segments <= eps + 1e-12).any(-1)] = 1 / (k + 1)
+        w[(w <= eps + 1e-12).any(-1)] = 1 / k
+        self.register_buffer("base_log_alpha_pos", torch.log(concentration * segments).float())
+        self.register_buffer("base_log_alpha_w", torch.log(concentration * w).float())
+        self.steps, self.k = rows, k
         self.embed = nn.Embedding(self.steps, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(layers)
@@ -369,9 +555,10 @@ class DirichletPolicy(nn.Module):
 
     @staticmethod
     def mean_table(alpha_pos, alpha_w):
-        return torch.cumsum(alpha_pos / alpha_pos.sum(-1, keepdim=True), -1)[:, :-1], alpha_w / alpha_w.sum(
-            -1, keepdim=True
-        )
+        """Dirichlet means (RLEPD export: the mean, not the mode or a sample), sorted and clipped as upstream."""
+        pos = torch.cumsum(alpha_pos / alpha_pos.sum(-1, keepdim=True), -1)[:, :-1]
+        pos, w = sanitize_table(pos, alpha_w / alpha_w.sum(-1, keepdim=True))
+        return pos.float(), w.float()
 
     @staticmethod
     def log_prob(alpha_pos, alpha_w, segments, w):
@@ -380,14 +567,28 @@ class DirichletPolicy(nn.Module):
         return (D(alpha_pos).log_prob(segments) + D(alpha_w).log_prob(w)).sum(-1)
 
     @staticmethod
-    def sample(alpha_pos, alpha_w, n: int):
+    def sample(alpha_pos, alpha_w, n: int, seed: int):
+        """n tables drawn on the CPU from `seed` alone, so every process draws the same ones."""
         D = torch.distributions.Dirichlet
-        seg = D(alpha_pos).sample((n,)).clamp_min(1e-6)
-        w = D(alpha_w).sample((n,)).clamp_min(1e-6)
-        seg, w = seg / seg.sum(-1, keepdim=True), w / w.sum(-1, keepdim=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            seg = D(alpha_pos.detach().float().cpu()).sample((n,)).clamp_min(1e-6)
+            w = D(alpha_w.detach().float().cpu()).sample((n,)).clamp_min(1e-6)
+        seg, w = (
+            (seg / seg.sum(-1, keepdim=True)).to(alpha_pos.device),
+            (w / w.sum(-1, keepdim=True)).to(alpha_w.device),
+        )
         return seg, w, torch.cumsum(seg, -1)[..., :-1]
 
 
+def check_finite(what: str, *tensors):
+    if not all(torch.isfinite(t).all() for t in tensors):
+        raise FloatingPointError(f"non-finite {what}")
+
+
+########################
+# PPO (RLEPD ppo_trainer): advantage, update, and the whole step
+########################
 def advantages(rewards, group_size: int, mixed_prompt: bool = False):
     """Leave-one-out baseline per prompt group on prompt-major rewards, then standardised over the batch.
 
@@ -401,13 +602,15 @@ def advantages(rewards, group_size: int, mixed_prompt: bool = False):
     return (adv - adv.mean()) / adv.std(unbiased=False).clamp_min(1e-8)
 
 
-def ppo_update(policy, optimizer, accelerator, base_alphas, seg, w, old_logp, adv, args: ScriptArguments) -> dict:
+def ppo_update(policy, optimizer, accelerator, base_alphas, seg, w, old_logp, adv, args, seed: int = 0) -> dict:
     """Clipped-ratio PPO on trajectory log-probs (no value net: one terminal reward), + kl/entropy terms (RLEPD)."""
     Dir = torch.distributions.Dirichlet
     stats = {k: [] for k in ("policy_loss", "approx_kl", "clipfrac", "grad_norm", "kl_to_base", "entropy")}
+    order = torch.Generator().manual_seed(seed)  # same minibatches on every process
     for _ in range(args.ppo_epochs):
-        for mb in torch.randperm(len(adv)).split(args.minibatch_size):
+        for mb in torch.randperm(len(adv), generator=order).split(args.minibatch_size):
             alpha_pos, alpha_w = policy()
+            check_finite("policy concentrations", alpha_pos, alpha_w)
             ratio = torch.exp(DirichletPolicy.log_prob(alpha_pos, alpha_w, seg[mb], w[mb]) - old_logp[mb])
             pg_loss = torch.max(
                 -adv[mb] * ratio, -adv[mb] * ratio.clamp(1 - args.clip_range, 1 + args.clip_range)
@@ -417,8 +620,10 @@ def ppo_update(policy, optimizer, accelerator, base_alphas, seg, w, old_logp, ad
                 + torch.distributions.kl_divergence(Dir(alpha_w), Dir(base_alphas[1]))
             ).sum()
             entropy = (Dir(alpha_pos).entropy() + Dir(alpha_w).entropy()).sum()
+            loss = pg_loss + args.kl_coef * kl_base - args.entropy_coef * entropy
+            check_finite("PPO loss", loss)
             optimizer.zero_grad()
-            accelerator.backward(pg_loss + args.kl_coef * kl_base - args.entropy_coef * entropy)
+            accelerator.backward(loss)
             stats["grad_norm"].append(float(accelerator.clip_grad_norm_(policy.parameters(), args.max_grad_norm)))
             optimizer.step()
             with torch.no_grad():  # approx KL estimator k3, http://joschu.net/blog/kl-approx.html
@@ -426,59 +631,94 @@ def ppo_update(policy, optimizer, accelerator, base_alphas, seg, w, old_logp, ad
                 stats["clipfrac"].append(((ratio - 1).abs() > args.clip_range).float().mean().item())
             for k, v in (("policy_loss", pg_loss), ("kl_to_base", kl_base), ("entropy", entropy)):
                 stats[k].append(v.item())
+    with torch.no_grad():
+        check_finite("policy parameters after the update", *policy.parameters(), *policy())
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
+def ppo_step(policy, optimizer, accelerator, base_alphas, denoise, x, sigmas, reward_fn, args, seed: int = 0):
+    """One RLEPD PPO step: sample one table per image, run `epd` with `denoise` from this process's noise x [b, ...],
+    `reward_fn(final_x) -> [b]`, advantages over the global batch, PPO epochs. Returns (rewards [b * processes], stats).
+
+    The global batch is the processes' x in rank order. Tables and minibatch order come from `seed` alone, and the few
+    numbers per image (rewards) are gathered, so every process makes the same update on the same global batch: N
+    processes x b images = 1 process x N b images. Raises FloatingPointError on a non-finite log-prob/reward/parameter
+    (identically on every process, so no rank waits in a collective).
+    """
+    b, rank = x.shape[0], accelerator.process_index
+    with torch.no_grad():
+        alpha_pos, alpha_w = policy()
+        check_finite("policy concentrations", alpha_pos, alpha_w)
+        seg, w, pos = DirichletPolicy.sample(alpha_pos, alpha_w, b * accelerator.num_processes, seed)
+        old_logp = DirichletPolicy.log_prob(alpha_pos, alpha_w, seg, w)
+        check_finite("rollout log-probs", old_logp)
+        final = epd(denoise, x, sigmas.to(x.device), pos[rank * b : (rank + 1) * b], w[rank * b : (rank + 1) * b])
+    local = torch.as_tensor(reward_fn(final), dtype=torch.float32, device=accelerator.device).view(b)
+    rewards = accelerator.gather(local)
+    check_finite("rewards", rewards)
+    adv = advantages(rewards, args.group_size, args.mixed_prompt_baseline)
+    return rewards, ppo_update(policy, optimizer, accelerator, base_alphas, seg, w, old_logp, adv, args, seed)
+
+
+def make_reward_fn(denoiser, scorer, weights: dict):
+    """reward_fn(x) -> [b]: decode, score the denoiser's current prompts with a score.MultiScorer, and combine as RLEPD
+    reward_multi: sum_m w_m norm_m(score_m) / sum_m max(w_m, 0) (HPS-only = the raw HPSv2.1). Raw scores: fn.details."""
+
+    def reward_fn(x):
+        _, details = scorer(denoiser.decode(x), denoiser.prompts)
+        reward_fn.details = {m: torch.tensor(v, dtype=torch.float32) for m, v in details.items()}
+        total = sum(weights[m] * NORMALISE[m](reward_fn.details[m]) for m in weights)
+        return total / sum(max(v, 0) for v in weights.values())
+
+    return reward_fn
+
+
 def read_prompts(path: str | None) -> list[str]:
-    if not path or not Path(path).is_file():
-        raise ValueError(f"--prompt_file not found: {path}")
+    if not path:
+        raise ValueError("give prompts: --prompt_file FILE (training/sampling) or PROMPT words (sampling)")
+    if not Path(path).is_file():
+        raise ValueError(f"--prompt_file: no such file: {path}")
     text = Path(path).read_text(encoding="utf-8")
     if path.endswith(".csv"):
         import csv
 
-        prompts = [r["text"] for r in csv.DictReader(text.splitlines())]
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and "text" not in rows[0]:
+            raise ValueError(f"--prompt_file {path}: no `text` column (columns: {', '.join(rows[0])})")
+        prompts = [r["text"] or "" for r in rows]
     else:
-        prompts = [line.strip() for line in text.splitlines()]
-    prompts = [p for p in prompts if p.strip()]
+        prompts = text.splitlines()
+    prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
-        raise ValueError(f"no prompts in {path}")
+        raise ValueError(f"--prompt_file {path}: no prompts")
     return prompts
 
 
 ########################
 # Sampling
 ########################
-def sample(args: ScriptArguments, table):
+def sample(args: ScriptArguments, table, prompts: list[str]):
     from torchvision.transforms.functional import to_pil_image
     from tqdm import tqdm
 
-    params = {
-        "epd": dict(zip(("positions", "weights"), table or (), strict=False)),
-        "ipndm": {"max_order": args.max_order},
-    }
-    params = params.get(args.solver, {})
-    prompts = read_prompts(args.prompt_file)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"))  # fmt: skip
+    if device.type == "cpu":
+        print("note: no GPU: sampling on the CPU in fp32")
     pipe = load_pipeline(args.model_id, device)
-    denoiser = SDDenoiser(pipe, args.guidance_scale)
-    sigmas = get_sigmas(args.num_steps, args.schedule, rho=args.rho, alphas_cumprod=pipe.scheduler.alphas_cumprod).to(
-        device
-    )
-    params = {k: v.to(device) for k, v in params.items()} | (
-        {"max_order": args.max_order} if args.solver == "ipndm" else {}
-    )
+    den = make_denoiser(pipe, args.guidance_scale, args.height, args.width)
+    sigmas = den.sigmas(args.num_steps, args.schedule, args.rho).to(device)
+    params = {"epd": {"positions": table[0].to(device), "weights": table[1].to(device)} if table else {},
+              "ipndm": {"max_order": args.max_order}}.get(args.solver, {})  # fmt: skip
     seq, evals = nfe(args.solver, args.num_steps, args.num_points)
-    print(
-        f"{args.solver}: {args.num_steps - 1} steps, {args.schedule} schedule, NFE {seq} (denoiser evaluations {evals})"
-    )
+    print(f"{args.solver}: {args.num_steps - 1} steps, {args.schedule} schedule, guidance {den.guidance}, "
+          f"NFE {seq} (denoiser evaluations {evals})")  # fmt: skip
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    shape = (pipe.unet.config.in_channels, args.height // pipe.vae_scale_factor, args.width // pipe.vae_scale_factor)
     for i in tqdm(range(0, len(prompts), args.batch_size), desc=f"sampling {args.solver}", unit="batch"):
         seeds = list(range(args.seed + i, args.seed + min(i + args.batch_size, len(prompts))))  # seed s <-> prompt s
-        denoiser.set_prompts(prompts[i : i + len(seeds)])
-        x = SOLVERS[args.solver](denoiser, initial_noise(seeds, shape, float(sigmas[0]), device), sigmas, **params)
-        for s, img in zip(seeds, denoiser.decode(x), strict=True):
+        den.set_prompts(prompts[i : i + len(seeds)])
+        x = SOLVERS[args.solver](den, initial_noise(seeds, den.shape, float(sigmas[0]), device), sigmas, **params)
+        for s, img in zip(seeds, den.decode(x), strict=True):
             to_pil_image(img.cpu()).save(out / f"{s:06d}.png")
     print(f"wrote {len(prompts)} images to {out}")
 
@@ -486,158 +726,253 @@ def sample(args: ScriptArguments, table):
 ########################
 # PPO (CleanRL order: seeding -> models -> storage -> loop: rollout -> reward -> advantage -> update -> log)
 ########################
-def train(args: ScriptArguments, table):
+def train(args: ScriptArguments, table, prompts: list[str]):
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
 
     import score
 
-    prompts = read_prompts(args.prompt_file)
-    weights_spec = score.parse_metric_weights(args.reward)
-    base_pos, base_w = table or cold_start(args.num_steps, args.num_points, args.r_base, args.r_epsilon)
-
-    # seeding: CRUCIAL - every rank draws its own rollout seeds (RLEPD: RandomState(seed + rank))
-    accelerator = Accelerator(log_with=None)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    set_seed(args.seed, device_specific=True)
-    rng = torch.Generator().manual_seed(args.seed + rank)
-    out = Path(args.outdir)
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda)  # gloo ranks on a CPU-only machine, NCCL with CUDA
+    if not cuda:
+        accelerator.print("note: no CUDA device: training on the CPU in fp32 (Accelerator(cpu=True))")
+    rank, world, device, main = (accelerator.process_index, accelerator.num_processes, accelerator.device,
+                                 accelerator.is_main_process)  # fmt: skip
+    if args.rollout_batch_size % world:
+        fail(f"--rollout_batch_size {args.rollout_batch_size} must be divisible by the {world} processes")
+    # seeding: noise seeds, tables and minibatch order come from (seed, step) and the global image index, never the
+    # rank, so the run is the same on any number of processes (RLEPD seeds each rank with seed + rank instead)
+    set_seed(args.seed)
+    b, out = args.rollout_batch_size // world, Path(args.outdir)
+    mine = range(rank * b, (rank + 1) * b)  # this process's images in the global, prompt-major batch
 
     # models
-    pipe = load_pipeline(args.model_id, accelerator.device)
-    denoiser = SDDenoiser(pipe, args.guidance_scale)
-    sigmas = get_sigmas(args.num_steps, args.schedule, rho=args.rho, alphas_cumprod=pipe.scheduler.alphas_cumprod).to(
-        accelerator.device
-    )
-    scorer = score.MultiScorer(weights_spec, device=accelerator.device)
-    policy = DirichletPolicy(base_pos, base_w, args.concentration, args.hidden_dim)
+    pipe = load_pipeline(args.model_id, device)
+    den = make_denoiser(pipe, args.guidance_scale, args.height, args.width)
+    sigmas = den.sigmas(args.num_steps, args.schedule, args.rho).to(device)
+    weights_spec = score.parse_metric_weights(args.reward)
+    reward_fn = make_reward_fn(den, score.MultiScorer(weights_spec, device=device), weights_spec)
+    policy = DirichletPolicy(*(table or cold_start(args.num_steps, args.num_points, args.r_base, args.r_epsilon)),
+                             args.concentration, args.hidden_dim)  # fmt: skip
     optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        policy.parameters(), lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0
     )
     policy, optimizer = accelerator.prepare(policy, optimizer)
     base = accelerator.unwrap_model(policy)
     base_alphas = (base.base_log_alpha_pos.exp(), base.base_log_alpha_w.exp())
-    start, cursor = 0, rank * (args.rollout_batch_size // args.group_size)
-    if (out / "checkpoint.pt").is_file():  # resume
+    start = 0
+    if (out / "checkpoint.pt").is_file():  # resume (every process loads the same file)
         ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
         base.load_state_dict(ckpt["policy"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start, cursor = int(ckpt["step"]), int(ckpt["cursor"][rank]) if rank < len(ckpt["cursor"]) else cursor
-        rng.manual_seed(args.seed + rank + 1000003 * start)
+        start = int(ckpt["step"])
         accelerator.print(f"resumed from {out / 'checkpoint.pt'} at step {start}")
 
     # storage
-    n_prompts = args.rollout_batch_size // args.group_size
-    shape = (pipe.unet.config.in_channels, args.height // pipe.vae_scale_factor, args.width // pipe.vae_scale_factor)
-    accelerator.print(f"{world} process(es) x {args.rollout_batch_size} images = {n_prompts * world} prompts x {args.group_size} "
-                      f"seeds per PPO step; NFE {nfe('epd', args.num_steps)[0]}; {len(prompts)} training prompts")  # fmt: skip
-    if accelerator.is_main_process:
+    settings = {k: getattr(args, k) for k in TABLE_SETTINGS} | {"guidance_scale": den.guidance}
+    groups = args.rollout_batch_size // args.group_size
+    accelerator.print(f"{world} process(es) x {b} images = {groups} prompts x {args.group_size} seeds per PPO step; "
+                      f"NFE {nfe('epd', args.num_steps)[0]}; {len(prompts)} training prompts")  # fmt: skip
+    if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(args), indent=1))
+        (out / "config.json").write_text(json.dumps(asdict(args) | settings, indent=1))
 
-    def save(step: int):
-        cursors = accelerator.gather(torch.tensor([cursor], device=accelerator.device)).tolist()
-        if accelerator.is_main_process:
-            torch.save(
-                {"policy": base.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "cursor": cursors},
-                out / "checkpoint.pt",
-            )
-            with torch.no_grad():
-                pos, w = DirichletPolicy.mean_table(*base())
-            meta = dict(
-                step=step,
-                num_steps=args.num_steps,
-                num_points=args.num_points,
-                schedule=args.schedule,
-                rho=args.rho,
-                guidance_scale=args.guidance_scale,
-            )
-            save_table(out / "table.json", pos.cpu(), w.cpu(), **meta)
-            save_table(out / f"table-step{step:06d}.json", pos.cpu(), w.cpu(), **meta)
+    def snapshot(step: int) -> dict:  # the last finite state, kept in memory so a failure never saves a bad one
+        with torch.no_grad():
+            pos, w = DirichletPolicy.mean_table(*base())
+        return {"step": step, "policy": {k: v.detach().cpu().clone() for k, v in base.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict()), "table": (pos.cpu(), w.cpu())}  # fmt: skip
 
-    step, t_start = start, time.time()
+    def save(snap: dict):  # main process only, no collectives: safe on an error path
+        if main:
+            ckpt = {k: snap[k] for k in ("policy", "optimizer", "step")} | {"settings": settings}
+            torch.save(ckpt, out / "checkpoint.pt")
+            for name in ("table.json", f"table-step{snap['step']:06d}.json"):
+                save_table(out / name, *snap["table"], step=snap["step"], model_id=args.model_id, **settings)
+
+    last_good, step, t_start = snapshot(start), start, time.time()
     try:
         for step in range(start + 1, args.total_steps + 1):
-            # rollout: prompt-major [p0 x k, p1 x k, ...], one sampled table and one noise seed per image
-            batch_prompts = [prompts[(cursor + j) % len(prompts)] for j in range(n_prompts)]
-            cursor += n_prompts * world
-            seeds = torch.randint(0, 2**31 - 1, (args.rollout_batch_size,), generator=rng).tolist()
-            with torch.no_grad():
-                alpha_pos, alpha_w = policy()
-                seg, w, pos = DirichletPolicy.sample(alpha_pos, alpha_w, args.rollout_batch_size)
-                old_logp = DirichletPolicy.log_prob(alpha_pos, alpha_w, seg, w)
-                denoiser.set_prompts([p for p in batch_prompts for _ in range(args.group_size)])
-                x = epd(denoiser, initial_noise(seeds, shape, float(sigmas[0]), accelerator.device), sigmas, pos, w)
-                images = denoiser.decode(x)
-            # reward (RLEPD reward_multi normalisation; HPS-only = the raw HPSv2.1 score)
-            _, details = scorer(images, [p for p in batch_prompts for _ in range(args.group_size)])
-            raw = {m: torch.tensor(v) for m, v in details.items()}
-            rewards = sum(weights_spec[m] * NORMALISE[m](raw[m]) for m in raw) / sum(
-                max(v, 0) for v in weights_spec.values()
-            )
-            adv = advantages(rewards, args.group_size, args.mixed_prompt_baseline).to(accelerator.device)
-            # update
-            stats = ppo_update(policy, optimizer, accelerator, base_alphas, seg, w, old_logp, adv, args)
-            # log (all ranks' rewards averaged)
+            # rollout: prompt-major [p0 x k, p1 x k, ...] read sequentially; one noise seed and one table per image
+            step_seed = args.seed * 1_000_003 + step
+            seeds = torch.randint(0, 2**31 - 1, (args.rollout_batch_size,), generator=torch.Generator().manual_seed(step_seed)).tolist()  # fmt: skip
+            den.set_prompts([prompts[((step - 1) * groups + i // args.group_size) % len(prompts)] for i in mine])
+            x = initial_noise([seeds[i] for i in mine], den.shape, float(sigmas[0]), device)
+            # reward -> advantage -> update
+            rewards, stats = ppo_step(policy, optimizer, accelerator, base_alphas, den, x, sigmas, reward_fn, args, step_seed)  # fmt: skip
+            # log: rewards and raw scores of all processes; the trace names the process that rendered each image
+            raw = accelerator.gather(torch.stack([reward_fn.details[m] for m in weights_spec], 1).to(device))
+            rows = gather_object([{"step": step, "index": i, "rank": rank, "seed": seeds[i], "prompt": p,
+                                   "reward": rewards[i].item()} for i, p in zip(mine, den.prompts, strict=True)])  # fmt: skip
             group_std = rewards.view(-1, args.group_size).std(-1)
-            local = torch.tensor([rewards.mean(), rewards.std(unbiased=False), (group_std < 1e-6).float().mean(),
-                                  *[raw[m].mean() for m in raw]], device=accelerator.device)  # fmt: skip
-            local = accelerator.reduce(local, "mean")
-            record = {"step": step, "elapsed_sec": time.time() - t_start, "charts/reward_mean": local[0].item(),
-                      "charts/reward_std": local[1].item(), "charts/frac_zero_std_groups": local[2].item(),
-                      **{f"charts/{m}_mean": local[3 + i].item() for i, m in enumerate(raw)},
+            record = {"step": step, "elapsed_sec": time.time() - t_start, "charts/reward_mean": rewards.mean().item(),
+                      "charts/reward_std": rewards.std(unbiased=False).item(),
+                      "charts/frac_zero_std_groups": (group_std < 1e-6).float().mean().item(),
+                      **{f"charts/{m}_mean": raw[:, j].mean().item() for j, m in enumerate(weights_spec)},
                       **{f"losses/{k}": v for k, v in stats.items()}}  # fmt: skip
-            if accelerator.is_main_process:
+            if main:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
+                with open(out / "rollouts.jsonl", "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
                 print(" ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in record.items()), flush=True)
-            if step % args.save_interval == 0:
-                save(step)
+            last_good = snapshot(step)
+            if step % args.save_interval == 0 or step == args.total_steps:
+                save(last_good)
+    except FloatingPointError as e:  # identical on every process (same global batch), so all stop here together
+        save(last_good)
+        print(f"error: {e} at PPO step {step}; stopped. {out / 'checkpoint.pt'} holds step {last_good['step']}, the last "
+              "finite policy (lower --learning_rate, or raise --kl_coef, before resuming)", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     except BaseException:  # Ctrl-C or a crash: keep the last completed step
-        save(step - 1 if step > start else start)
+        save(last_good)
         raise
-    save(step)
 
 
-def main(argv=None):
+########################
+# CLI: parse, validate everything that needs no weights, dispatch
+########################
+HELP_GROUPS = {"model_id": "model and solver", "sample": "sampling", "r_base": "RL (PPO training)"}
+USAGE = "python epd_ppo.py [PROMPT ...] [options]   (PROMPTs or --sample: sampling; otherwise PPO training)"
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def make_parser():
+    """TrlParser over ScriptArguments whose --help groups the flags; every parse error is one `error:` line."""
     from trl import TrlParser
 
-    parser = TrlParser((ScriptArguments,))
-    (args,) = parser.parse_args_and_config(argv)
-    table = None
-    try:
-        if args.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {args.solver!r}; valid: {', '.join(SOLVERS)}")
-        if args.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {args.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if args.num_steps < 2 or args.num_points < 1:
-            raise ValueError("--num_steps must be >= 2 and --num_points >= 1")
-        if args.sample and args.solver == "epd" and not args.table:
-            raise ValueError("--sample with the epd solver needs --table (or pick a baseline with --solver)")
-        if args.table:
-            positions, weights = load_table(args.table)
-            if args.sample and args.num_steps == 11 and len(positions) != 10:  # default num_steps: follow the table
-                args.num_steps = len(positions) + 1
-            check_table(positions, weights, args.num_steps, args.num_points)
-            table = (positions, weights)
-        if not args.sample:
-            if args.rollout_batch_size % args.group_size or args.group_size < 2:
-                raise ValueError(f"--rollout_batch_size {args.rollout_batch_size} must be a multiple of --group_size {args.group_size} (>= 2)")  # fmt: skip
-            if args.minibatch_size > args.rollout_batch_size:
-                raise ValueError("--minibatch_size must not exceed --rollout_batch_size")
-            import score
+    parser = TrlParser((ScriptArguments,), allow_abbrev=False, usage=USAGE)
+    parser.error = fail
+    group = None
+    for action in list(parser._optionals._group_actions):
+        if action.dest in HELP_GROUPS:
+            group = parser.add_argument_group(HELP_GROUPS[action.dest])
+        if group is not None:
+            parser._optionals._group_actions.remove(action)
+            group._group_actions.append(action)
+    parser._optionals.title = "other"
+    return parser
 
-            for m in score.parse_metric_weights(args.reward):
-                if m not in NORMALISE:
-                    raise ValueError(f"reward metric {m!r} has no RLEPD normalisation; use {', '.join(NORMALISE)}")
-        read_prompts(args.prompt_file)
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    if args.sample:
-        sample(args, table)
-    else:
-        train(args, table)
+
+def parse(argv: list[str]) -> tuple[ScriptArguments, list[str], set[str]]:
+    """(args, positional prompts, names of the fields set on the command line or in --config)."""
+    import yaml
+
+    parser = make_parser()
+    try:
+        args, config_rest, rest = parser.parse_args_and_config(argv, True, separate_remaining_strings=True)
+        config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) if "--config" in argv else {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        fail(f"--config: {e}".replace("\n", " "))
+    unknown = [a for a in rest if a.startswith("-")] + config_rest
+    if unknown:
+        fail(f"unrecognised arguments: {' '.join(unknown)}")
+    options = parser._option_string_actions
+    explicit = {options[a.split("=")[0]].dest for a in argv if a.split("=")[0] in options} | set(config or {})
+    return args, rest, explicit
+
+
+def validate(args: ScriptArguments, prompts: list[str], explicit: set[str]):
+    """Every check that needs no weights; resolves schedule/guidance and a table's settings. Returns (table, prompts)."""
+    training = not (args.sample or prompts)
+    if args.solver not in SOLVERS:
+        raise ValueError(f"unknown solver {args.solver!r}; valid: {', '.join(SOLVERS)}")
+    if args.schedule not in ("auto", *SCHEDULES):
+        raise ValueError(f"unknown schedule {args.schedule!r}; valid: auto, {', '.join(SCHEDULES)}")
+    for name, low in (("num_steps", 2), ("num_points", 1), ("height", 8), ("width", 8), ("batch_size", 1),
+                      ("hidden_dim", 1), ("rollout_batch_size", 1), ("group_size", 2), ("minibatch_size", 1),
+                      ("ppo_epochs", 1), ("total_steps", 1), ("save_interval", 1), ("max_order", 1)):  # fmt: skip
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name} must be >= {low} (got {getattr(args, name)})")
+    for name in ("rho", "concentration", "learning_rate", "clip_range", "max_grad_norm"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name} must be > 0 (got {getattr(args, name)})")
+    if args.kl_coef < 0 or args.entropy_coef < 0 or (args.guidance_scale or 0) < 0:
+        raise ValueError("--kl_coef, --entropy_coef and --guidance_scale must be >= 0")
+    if args.max_order > 4:
+        raise ValueError(f"--max_order must be 1-4 (got {args.max_order})")
+    if not 0 < args.r_base - args.r_epsilon / 2 <= args.r_base + args.r_epsilon / 2 < 1:
+        raise ValueError(
+            f"cold start r_base +- r_epsilon/2 = {args.r_base} +- {args.r_epsilon / 2} must lie in (0, 1)"
+        )
+    if args.device is not None:
+        if training:
+            raise ValueError("--device is for sampling; training runs where accelerate puts it (accelerate launch)")
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+        if (dev.type == "cuda" and not torch.cuda.is_available()) or (
+            dev.type == "mps" and not torch.backends.mps.is_available()
+        ):
+            raise ValueError(f"--device {args.device}: no such device on this machine")  # fmt: skip
+    cls = pipeline_class(args.model_id)
+    if cls is not None and cls not in {**VP_PIPELINES, **FLOW_PIPELINES}:
+        raise ValueError(f"--model_id {args.model_id} is a {cls}; supported: SD1.x/2.x, SD3, FLUX")
+    flow = cls in FLOW_PIPELINES
+    if args.height % (16 if flow else 8) or args.width % (16 if flow else 8):
+        raise ValueError(f"--height/--width must be multiples of {16 if flow else 8} for {cls or args.model_id}")
+    table = None
+    if args.table:
+        if args.solver != "epd":
+            raise ValueError(f"--table is an EPD table; --solver {args.solver} does not use it")
+        positions, weights, meta = load_table(args.table)
+        meta.setdefault("num_steps", len(positions) + 1)
+        meta.setdefault("num_points", positions.shape[-1])
+        for key, value in meta.items():  # the table's own settings win; a contradicting flag is an error
+            mine, value = getattr(args, key), TABLE_SETTINGS[key](value)
+            if key in explicit and mine != value and not (key == "schedule" and mine == "auto"):
+                raise ValueError(f"--{key} {mine} contradicts the table's {key} {value} ({args.table}); drop the flag")
+            setattr(args, key, TABLE_SETTINGS[key](value))
+        check_table(positions, weights, args.num_steps, args.num_points)
+        table = (positions, weights)
+    elif not training and args.solver == "epd":
+        raise ValueError("sampling with the epd solver needs --table (or pick a baseline with --solver)")
+    if args.schedule == "auto":
+        args.schedule = "flowmatch" if flow else "discrete"
+    if cls is not None and (args.schedule == "flowmatch") != flow:
+        raise ValueError(f"--schedule {args.schedule} does not fit {cls} ({'flowmatch' if flow else 'SD schedules: ' + ', '.join(SCHEDULES[:4])})")  # fmt: skip
+    if cls is not None and args.guidance_scale is None:
+        args.guidance_scale = {**VP_PIPELINES, **FLOW_PIPELINES}[cls]
+    if training:
+        if args.rollout_batch_size % args.group_size:
+            raise ValueError(f"--rollout_batch_size {args.rollout_batch_size} must be a multiple of --group_size {args.group_size}")  # fmt: skip
+        if args.minibatch_size > args.rollout_batch_size:
+            raise ValueError("--minibatch_size must not exceed --rollout_batch_size")
+        import score
+
+        weights = score.parse_metric_weights(args.reward)
+        for m in weights:
+            if m not in NORMALISE:
+                raise ValueError(f"reward metric {m!r} has no RLEPD normalisation; use {', '.join(NORMALISE)}")
+        if not any(v > 0 for v in weights.values()):
+            raise ValueError(f"--reward {args.reward}: needs a positive weight")
+        out = Path(args.outdir)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--outdir {out} is a file")
+        if (out / "checkpoint.pt").is_file():  # resuming: the run's own settings must match
+            saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True).get("settings", {})
+            for key in ("num_steps", "num_points", "schedule", "rho"):
+                if key in saved and saved[key] != getattr(args, key):
+                    raise ValueError(f"{out} was trained with --{key} {saved[key]}, not {getattr(args, key)}: use another --outdir")  # fmt: skip
+    return table, prompts or read_prompts(args.prompt_file)
+
+
+def main(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        make_parser().print_help()
+        return
+    args, positional, explicit = parse(argv)
+    try:
+        table, prompts = validate(args, positional, explicit)
+    except (ValueError, OSError, KeyError) as e:
+        fail(str(e).replace("\n", " "))
+    (sample if args.sample or positional else train)(args, table, prompts)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,22 @@ def tiny_qwen2(tmp_path_factory):
     return str(path)
 
 
+# Qwen/Qwen2.5-VL-7B-Instruct chat_template.json, verbatim (a fact the models were trained with): default system turn,
+# image blocks matched by type or key, optional "Picture N: " ids (add_vision_id)
+QWEN25_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in content"
+    " or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video'"
+    " or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+
+
 def make_qwen25_vl(text_hidden: int = 16):
     """Tiny Qwen2_5_VLForConditionalGeneration + Qwen2_5_VLProcessor (testing.md §3)."""
     import torch
@@ -249,12 +265,15 @@ def make_qwen25_vl(text_hidden: int = 16):
     )  # fmt: skip
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
-    image_proc = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    # the real bounds (Qwen2.5-VL-7B-Instruct preprocessor_config.json): a ~1 MP view is ~1,350 image tokens, and code
+    # that caps or slices the sequence must be tested at that length (testing.md §9); the tiny width keeps it cheap
+    image_proc = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056)
+    tok.chat_template = QWEN25_VL_CHAT_TEMPLATE
     proc = Qwen2_5_VLProcessor(
         image_processor=image_proc,
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tok,
-        chat_template=QWEN_CHAT_TEMPLATE,
+        chat_template=QWEN25_VL_CHAT_TEMPLATE,
     )
     return model, proc
 
