@@ -1,66 +1,90 @@
 # SPDX-License-Identifier: Apache-2.0
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.35", "trl>=1.0", "peft>=0.17", "accelerate>=1.10",
+# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.40", "trl>=1.0", "peft>=0.17", "accelerate>=1.10",
 #                 "openai>=1.60", "pydantic>=2.0", "datasets>=3.0", "open_clip_torch>=3.0", "pillow>=10.0"]
 # ///
 """R1-style GRPO reprompter: an LLM thinks, then writes an image prompt; a diffusion pipeline renders it; rewards.
 
 README section: "r1_prompter.py". Method: RePrompt (first released as R1-Prompter), Wu et al., "RePrompt:
 Reasoning-Augmented Reprompting for Text-to-Image Generation via Reinforcement Learning", arXiv 2505.17540; code
-microsoft/DKI_LLM/RePrompt (train_reprompt.py). A Qwen2.5 instruct model reasons inside <think>...</think> and puts a
-rewritten prompt inside <answer>...</answer>; one image per completion is rendered and scored against the ORIGINAL
-user prompt (ImageReward, optionally a VLM judge), plus a format reward and an answer-length window; GRPO
-(num_generations=4 per prompt) updates the LLM. Paper result (GenEval overall, FLUX.1-dev): 0.66 plain, 0.68 with
-Qwen2.5-3B rewriting, 0.76 with RePrompt (8 GPUs, ~104 optimizer steps).
+microsoft/DKI_LLM/RePrompt (train_reprompt.py, configs/qwen25-3b-full-sft.yaml). A Qwen2.5 instruct model reasons
+inside <think>...</think> and puts a rewritten prompt inside <answer>...</answer>; one image per completion is rendered
+and scored against the ORIGINAL user prompt (ImageReward, optionally a VLM judge), plus a format reward and an
+answer-length window; GRPO (num_generations=4 per prompt) updates the LLM. RePrompt first fine-tunes the LLM on ~8k
+teacher-written (reasoning, prompt) pairs (`--stage sft`; make such data with `--make_sft_data`): without that cold
+start a small instruct model rarely writes the tags, every group has zero advantage and GRPO cannot start.
+Paper result (GenEval overall, FLUX.1-dev): 0.66 plain, 0.68 with Qwen2.5-3B rewriting, 0.76 with RePrompt.
 
 Differences from the paper / reference code:
 1. Training and inference build the chat prompt with one function (system + user, generation prompt on); upstream
    trains with an assistant prefill but evaluates with a closed assistant turn, a train/inference mismatch.
-2. The format reward accepts multi-line <think>/<answer> bodies (upstream's regex has no DOTALL, so every multi-line
-   answer was scored -1 and rendered as "a photo"); a completion without an answer is rendered from the original prompt.
+2. Format: exactly one <think> then one non-empty <answer>, no tag inside either body, multi-line bodies allowed
+   (upstream's regex has no DOTALL: every multi-line answer scored -1 and was rendered as "a photo"). A malformed
+   completion is rendered from the original prompt and has 0 answer words (length -1).
 3. All completions of a step are rendered in batched pipeline calls with one seed per prompt group (the group's
    members differ only by their prompt); upstream renders one unseeded image at a time.
-4. The judge is any OpenAI-compatible VLM with structured output; a failed call yields None for that sample (TRL then
-   ignores that reward for the row) and is counted in `judge/failures`. Upstream's openai<1.0 call failed silently
-   under openai>=1.0 and returned 0 for every sample.
+4. The judge is any OpenAI-compatible VLM with structured output. A failed call is neutral: it takes the mean judge
+   score of its group's successful calls, so it moves no advantage (upstream returned 0 = a score of 5/10, silently,
+   for every sample under openai>=1.0). `judge/failures` counts failures over all processes.
 5. Reward weights: image 1.0 (ImageReward, standard normalisation), format 1.0, length 1.0, judge 0.5 when enabled;
    upstream summed 0.25*ImageReward + 0.5*(s-5)/5 + format + length. Set `--reward_weights` to change them.
 6. GRPO settings follow upstream's effective run (num_generations 4, lr 2e-6, grad-accum 2, 3 epochs, temperature 0.9,
-   256 completion tokens, beta 0.04) on TRL's current loss (`loss_type` default); upstream vendored trl 0.16.
+   256 completion tokens, beta 0.04) on TRL's current loss (`loss_type` default); upstream vendored trl 0.16. SFT
+   follows qwen25-3b-full-sft.yaml (full, lr 1e-5, 1 epoch, cosine, warmup 0.1, 1024 tokens, 4 x 4 per GPU) with TRL's
+   SFTTrainer (loss on the completion only, as LLaMA-Factory's default) and without its 10% validation split.
+7. The policy loads in fp32 (bf16 autocast) unless DeepSpeed holds fp32 master weights (then bf16): an Adam step of
+   lr 2e-6 is far below bf16's 2^-8 relative resolution, so pure-bf16 weights would not move.
 
-Usage (run from the repository root):
-    # full run (8 GPUs; upstream used DeepSpeed ZeRO-2 and bf16)
-    accelerate launch r1_prompter.py --data recipes/r1_prompts.txt --gpt_path Qwen/Qwen2.5-3B-Instruct \\
-        --sdmodel_name black-forest-labs/FLUX.1-dev --outdir runs/r1
-    # with a VLM judge (any OpenAI-compatible server; key from OPENAI_API_KEY)
-    ... --judge_model gpt-4o --judge_base_url https://api.openai.com/v1
-    # inference (no accelerate; laptop or CPU): prints the reasoning, then the final prompt on the last line
+Usage (run from the repository root; recipes/accelerate/zero2.yaml = DeepSpeed ZeRO-2 like upstream's rl_ds2.yaml):
+    # 0. cold-start data from any OpenAI-compatible LLM (key from OPENAI_API_KEY); keeps what passes format + length
+    python r1_prompter.py --make_sft_data runs/r1_sft.jsonl --data recipes/r1_prompts.txt --teacher_model gpt-4o
+    # 1. SFT (RePrompt stage 1), 8 GPUs
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 r1_prompter.py --stage sft \\
+        --data runs/r1_sft.jsonl --gpt_path Qwen/Qwen2.5-3B-Instruct --outdir runs/r1_sft
+    # 2. GRPO from the SFT model, 8 GPUs (the recipe = the same flags); add a judge with --judge_model gpt-4o
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 r1_prompter.py \\
+        --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft --outdir runs/r1
+    #    vLLM generation (optional `pip install vllm`, TRL supports 0.22-0.31): on the training GPUs ...
+    ...  --use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.2
+    #    ... or a server on GPU 0 and training on GPUs 1-7:
+    CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model runs/r1_sft
+    CUDA_VISIBLE_DEVICES=1,2,3,4,5,6,7 accelerate launch --config_file recipes/accelerate/zero2.yaml \\
+        --num_processes 7 r1_prompter.py --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft --outdir runs/r1 \\
+        --use_vllm true --vllm_mode server
+    # inference (no accelerate; laptop or CPU): prints the reasoning, then the final prompts, one per line
     python r1_prompter.py "a red cube on top of a blue sphere" --gpt_path runs/r1 --generate_image out.png
     # evaluation: original vs reprompted images with the same seeds, scored with score.py
     python r1_prompter.py --eval_prompts recipes/r1_prompts.txt --gpt_path runs/r1 --outdir runs/r1_eval --n_images 4
-    # the same run from a recipe (every GRPOConfig / ModelConfig flag also works on the CLI or in the yaml)
-    accelerate launch --num_processes 8 r1_prompter.py --config recipes/r1_prompter.yaml
-    # CPU smoke run (2 steps, 64 px) with small local models, e.g. the tiny ones tests/conftest.py builds
-    accelerate launch --cpu --num_processes 1 r1_prompter.py --config recipes/r1_prompter_smoke.yaml \
+    # CPU smoke run (2 steps, 64 px; no device flags: without CUDA the script picks the CPU and fp32 itself)
+    accelerate launch --cpu --num_processes 1 r1_prompter.py --config recipes/r1_prompter_smoke.yaml \\
         --gpt_path <small chat LLM> --sdmodel_name <small t2i pipeline> --outdir runs/r1_smoke
-Expected: the format reward reaches +1 within tens of steps; image reward rises slowly (paper: GenEval +0.08).
+Expected: format reward near +1 from the start after SFT; image reward rises slowly (paper: GenEval +0.08).
 Measured here only on tiny random models on CPU (no GPU was available to this project).
 """
 
 import asyncio
 import base64
 import functools
+import importlib.util
+import inspect
 import io
 import json
+import logging
 import os
 import re
 import sys
 import textwrap
 import time
+import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+# bitsandbytes (imported by peft) logs a CPU-kernel failure on import on CPUs with AVX512-BF16; it is harmless here
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# transformers >= 5.24 renames TrainingArguments.gradient_checkpointing; TRL's configs still set it (not the user)
+warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
 
 SYSTEM_PROMPT = (
     "You rewrite short requests for a text-to-image model into one precise, vivid image prompt. First think about "
@@ -69,62 +93,69 @@ SYSTEM_PROMPT = (
     "clear without changing its content. Write that reasoning inside <think> </think>, then give only the final image "
     "prompt inside <answer> </answer>."
 )
-ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-FORMAT_RE = re.compile(r"\s*<think>.+?</think>\s*<answer>.+?</answer>\s*", re.DOTALL)
-THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+TEACHER_NOTE = (
+    " Reply with exactly <think>reasoning</think> then <answer>prompt</answer>; the prompt has {} to {} words."
+)
+FORMAT_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 JUDGE_SYSTEM = (
     "You grade images made by a text-to-image model. Judge first whether the image shows what the prompt asks for: the "
     "right objects, counts, colours, attributes and spatial relations; then how natural and well made it is."
 )
+MODEL_FILES = ("config.json", "adapter_config.json")
 
 
 @dataclass
 class ScriptArguments:
     # data and models (upstream CLI names)
     data: str | None = field(
-        default=None, metadata={"help": "Prompts: .txt (one per line), .json/.jsonl with `prompt`, or a dataset id."}
-    )
+        default=None,
+        metadata={"help": 'GRPO/--make_sft_data: prompts (.txt lines, .json/.jsonl `prompt`, a dataset id); SFT: .jsonl '
+                  'of {"prompt", "completion"}.'},
+    )  # fmt: skip
     gpt_path: str | None = field(
-        default=None, metadata={"help": "Policy LLM (hub id or folder); sets --model_name_or_path."}
+        default=None, metadata={"help": "Policy LLM (hub id or folder); = --model_name_or_path."}
     )
     sdmodel_name: str = field(
         default="black-forest-labs/FLUX.1-dev", metadata={"help": "Any diffusers text-to-image pipeline."}
     )
     outdir: str | None = field(default=None, metadata={"help": "Output folder (training: the trainer's output_dir)."})
-    # image reward
+    stage: str = field(default="grpo", metadata={"help": "grpo (RL) or sft (RePrompt's cold start on teacher data)."})
+    # rewards
     image_metrics: str = field(
         default="imagereward", metadata={"help": 'score.py metrics with weights, e.g. "imagereward:1,hpsv2:1".'}
     )
-    image_batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
+    image_batch_size: int = field(default=8, metadata={"help": "Images per pipeline call (>= 1)."})
     num_inference_steps: int = field(default=50, metadata={"help": "Denoising steps (upstream FLUX: 50)."})
     guidance_scale: float = field(default=3.5, metadata={"help": "Guidance (upstream FLUX: 3.5)."})
-    height: int = field(default=512, metadata={"help": "Image height (upstream: 512)."})
-    width: int = field(default=512, metadata={"help": "Image width (upstream: 512)."})
-    pipeline_cpu_offload: bool = field(
-        default=False, metadata={"help": "diffusers model CPU offload for the pipeline."}
-    )
+    height: int = field(default=512, metadata={"help": "Image height in px (upstream: 512)."})
+    width: int = field(default=512, metadata={"help": "Image width in px (upstream: 512)."})
+    pipeline_cpu_offload: bool = field(default=False, metadata={"help": "diffusers model CPU offload (CUDA)."})
     min_words: int = field(default=16, metadata={"help": "Length reward: +1 for min_words..max_words answer words."})
-    max_words: int = field(
-        default=76, metadata={"help": "Length reward upper bound (inclusive; CLIP's 77-token window)."}
-    )
+    max_words: int = field(default=76, metadata={"help": "Length reward upper bound (inclusive; upstream: < 77)."})
     log_images_every: int = field(default=10, metadata={"help": "Save a captioned grid every N steps (0: never)."})
-    # judge
     judge_model: str | None = field(default=None, metadata={"help": "VLM judge model name; enables the judge reward."})
     judge_base_url: str | None = field(
-        default=None, metadata={"help": "OpenAI-compatible base URL (default: OpenAI)."}
+        default=None, metadata={"help": "Judge's OpenAI-compatible URL (default: OpenAI)."}
     )
-    judge_retries: int = field(default=3, metadata={"help": "Retries per judge call (exponential backoff)."})
-    judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge call."})
-    # inference / evaluation
+    judge_retries: int = field(default=3, metadata={"help": "Retries per judge/teacher call (exponential backoff)."})
+    judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge/teacher call."})
+    # SFT cold start
+    make_sft_data: str | None = field(
+        default=None, metadata={"help": "Write teacher SFT data for the --data prompts to this .jsonl, then exit."}
+    )
+    teacher_model: str | None = field(default=None, metadata={"help": "Teacher LLM for --make_sft_data."})
+    teacher_base_url: str | None = field(default=None, metadata={"help": "Teacher's OpenAI-compatible URL."})
+    # inference and evaluation
     eval_prompts: str | None = field(
         default=None, metadata={"help": "Evaluate: render original vs reprompted prompts."}
     )
-    n_images: int = field(default=4, metadata={"help": "Evaluation images per prompt (same seeds for both)."})
+    n_images: int = field(default=4, metadata={"help": "Evaluation images per prompt (same seeds for both; >= 1)."})
     generate_image: str | None = field(
-        default=None, metadata={"help": "Inference: render the final prompt to this PNG."}
+        default=None, metadata={"help": "Inference: render the final prompt(s) to this PNG (several: NAME_i.png)."}
     )
     max_new_tokens: int = field(default=512, metadata={"help": "Inference: greedy decoding budget (upstream: 512)."})
-    image_seed: int = field(default=42, metadata={"help": "Inference/evaluation seed (image i uses image_seed + i)."})
+    image_seed: int = field(default=42, metadata={"help": "Inference/evaluation seed (eval image i: image_seed + i)."})
 
 
 def fail(msg: str):
@@ -133,7 +164,7 @@ def fail(msg: str):
 
 
 def build_messages(prompt: str) -> list[dict]:
-    """The one chat prompt used by training and inference alike."""
+    """The one chat prompt used by SFT, GRPO and inference alike."""
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt.strip()}]
 
 
@@ -141,42 +172,68 @@ def completion_text(completion) -> str:
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
+def parse_completion(text: str) -> tuple[str, str] | None:
+    """(reasoning, answer), whitespace-normalised, of a well-formed completion, else None. Well-formed: nothing but
+    whitespace around exactly one <think>...</think> followed by one <answer>...</answer>, both bodies non-empty and
+    free of those four tags (so two answers, or an answer nested in the reasoning, do not pass)."""
+    m = FORMAT_RE.fullmatch(text)
+    if m is None:
+        return None
+    think, answer = (" ".join(body.split()) for body in m.groups())
+    if not think or not answer or any(tag in think + answer for tag in TAGS):
+        return None
+    return think, answer
+
+
 def extract_answer(text: str) -> str | None:
-    m = ANSWER_RE.search(text)
-    return " ".join(m.group(1).split()) if m and m.group(1).strip() else None
+    parsed = parse_completion(text)
+    return parsed[1] if parsed else None
 
 
 ########################
 # Rewards (TRL contract: f(prompts, completions, **kwargs) -> list[float | None])
 ########################
 def format_reward(completions, **kwargs) -> list[float]:
-    """+1 if the completion is <think>...</think> then <answer>...</answer> (multi-line bodies allowed), else -1."""
-    return [1.0 if FORMAT_RE.fullmatch(completion_text(c)) else -1.0 for c in completions]
+    """+1 for a well-formed completion (parse_completion), else -1."""
+    return [1.0 if parse_completion(completion_text(c)) else -1.0 for c in completions]
 
 
 def get_length_reward(min_words: int = 16, max_words: int = 76):
     def length_reward(completions, **kwargs) -> list[float]:
-        """+1 if the answer has min_words..max_words words, -1 outside, 0 without an answer."""
-        answers = [extract_answer(completion_text(c)) for c in completions]
-        return [0.0 if a is None else (1.0 if min_words <= len(a.split()) <= max_words else -1.0) for a in answers]
+        """+1 if the answer has min_words..max_words words, else -1 (a malformed completion has 0 words)."""
+        answers = [extract_answer(completion_text(c)) or "" for c in completions]
+        return [1.0 if min_words <= len(a.split()) <= max_words else -1.0 for a in answers]
 
     return length_reward
 
 
 def group_seed(seed: int, step: int, original: str) -> int:
-    """Seed shared by every completion of one prompt at one step, on every rank (no cross-rank state needed)."""
+    """Seed shared by every completion of one prompt at one step, on every rank (never from the rank)."""
     return zlib.crc32(f"{seed}|{step}|{original}".encode())
+
+
+def text_limit(pipe) -> tuple[object, int] | None:
+    """(tokenizer, tokens) of the text encoder that reads the prompt furthest, i.e. where it is finally cut: a T5-style
+    encoder at the pipeline's max_sequence_length (FLUX 512, SD3 256, PixArt-Sigma 300), else CLIP's 77."""
+    msl = inspect.signature(pipe.__call__).parameters.get("max_sequence_length")
+    best = None
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tok = getattr(pipe, name, None)
+        if tok is not None:
+            clip = type(tok).__name__.startswith("CLIP") or msl is None
+            limit = tok.model_max_length if clip else msl.default
+            best = best if best is not None and best[1] >= limit else (tok, limit)
+    return best
 
 
 def render(pipe, prompts: list[str], seeds: list[int], args: ScriptArguments) -> list:
     """Images for `prompts` in batched pipeline calls; image i uses torch.Generator seeded with seeds[i]."""
     import torch
 
-    tok = getattr(pipe, "tokenizer", None)
-    if tok is not None and not render.warned and any(len(tok(p)["input_ids"]) > tok.model_max_length for p in prompts):
+    tok, limit = text_limit(pipe) or (None, 0)
+    if tok is not None and not render.warned and any(len(tok(p)["input_ids"]) > limit for p in prompts):
         print(
-            f"warning: a prompt exceeds the text encoder's {tok.model_max_length} tokens; the pipeline truncates it",
-            file=sys.stderr,
+            f"warning: a prompt exceeds the text encoder's {limit} tokens; the pipeline truncates it", file=sys.stderr
         )
         render.warned = True  # once per process
     images = []
@@ -214,33 +271,48 @@ def save_grid(path: Path, rows: list[list], captions: list[list[str]]):
 def get_image_reward(
     pipe, scorer, args: ScriptArguments, seed: int, num_generations: int, output_dir: str, cache: dict
 ):
-    """Renders every completion (answer, or the original prompt when there is none) and scores it vs the original."""
+    """Renders this rank's completions (answer, or the original prompt when malformed) and scores them vs the original.
+    The main process appends every rank's rows to <output_dir>/traces.jsonl and saves the grids."""
 
     def image_reward(prompts, completions, original_prompt, trainer_state=None, log_metric=None, **kwargs):
         from accelerate import PartialState
+        from accelerate.utils import gather_object
 
+        state = PartialState()
         step = trainer_state.global_step if trainer_state is not None else 0
         answers = [extract_answer(completion_text(c)) for c in completions]
-        to_render = [a or o for a, o in zip(answers, original_prompt, strict=True)]
         seeds = [group_seed(seed, step, o) for o in original_prompt]
         t0 = time.perf_counter()
-        images = render(pipe, to_render, seeds, args)
+        images = render(pipe, [a or o for a, o in zip(answers, original_prompt, strict=True)], seeds, args)
         t1 = time.perf_counter()
         total, details = scorer(images, original_prompt)
-        cache.update(step=step, images=images, originals=list(original_prompt))  # the judge reads these
+        cache.update(images=images, originals=list(original_prompt))  # the judge reads these
+        rows = [
+            {"step": step, "rank": state.process_index, "seed": s, "prompt": o, "answer": a, "image_reward": t,
+             **{name: vals[i] for name, vals in details.items()}}
+            for i, (s, o, a, t) in enumerate(zip(seeds, original_prompt, answers, total, strict=True))
+        ]  # fmt: skip
+        # Collectives on every rank at every call (never on an error path): rows and the grid's first two groups
+        rows = gather_object(rows)
+        grid = bool(args.log_images_every) and step % args.log_images_every == 0
+        shown = (
+            gather_object(images[: max(0, 2 * num_generations - state.process_index * len(images))]) if grid else []
+        )
         if log_metric is not None:
             for name, vals in details.items():
                 log_metric(f"image/{name}", sum(vals) / len(vals))
             log_metric("image/no_answer_frac", sum(a is None for a in answers) / len(answers))
             log_metric("time/render_s", t1 - t0)
             log_metric("time/score_s", time.perf_counter() - t1)
-        if args.log_images_every and step % args.log_images_every == 0 and PartialState().is_main_process:
-            n = min(len(images), 2 * num_generations)
-            captions = [
-                [f"{o}\n-> {a or '(no answer)'}\nreward {r:.3f}"]
-                for o, a, r in zip(original_prompt, answers, total, strict=True)
-            ]
-            save_grid(Path(output_dir) / "grids" / f"step{step:06d}.png", [[im] for im in images[:n]], captions[:n])
+        if state.is_main_process:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(output_dir) / "traces.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            if shown:
+                captions = [
+                    [f"{r['prompt']}\n-> {r['answer'] or '(no answer)'}\nreward {r['image_reward']:.3f}"] for r in rows
+                ]
+                save_grid(Path(output_dir) / "grids" / f"step{step:06d}.png", [[im] for im in shown], captions[: len(shown)])  # fmt: skip
         return total
 
     return image_reward
@@ -264,86 +336,187 @@ def png_data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-async def judge_one(client, model: str, image, prompt: str, retries: int) -> float | None:
-    """(s - 5) / 5 for the judge's 0-10 score, or None once every retry failed (API error, timeout, bad JSON)."""
-    schema = judge_schema()
-    content = [
-        {
-            "type": "text",
-            "text": f"Prompt: {prompt}\nRate from 0 (unrelated or broken) to 10 (perfect match, well made).",
-        },
-        {"type": "image_url", "image_url": {"url": png_data_url(image), "detail": "low"}},
-    ]
+async def ask(client, request: dict, parse, retries: int, who: str):
+    """parse(reply text) of one chat request; API errors, timeouts and parse errors are retried with exponential
+    backoff; None (with one warning) once every try failed."""
     for attempt in range(retries + 1):
         try:
-            res = await client.chat.completions.create(
-                model=model, messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}],
-                response_format={"type": "json_schema", "json_schema": {"name": "image_score", "schema": schema.model_json_schema()}},
-            )  # fmt: skip
-            return (schema.model_validate_json(res.choices[0].message.content).score - 5) / 5
-        except Exception as e:  # openai.APIError, timeouts, pydantic.ValidationError: all retried, then None
+            res = await client.chat.completions.create(**request)
+            return parse(res.choices[0].message.content)
+        except Exception as e:  # openai.APIError, timeouts, pydantic.ValidationError
             if attempt == retries:
-                print(
-                    f"warning: judge failed after {retries + 1} tries: {type(e).__name__}: {str(e)[:120]}",
-                    file=sys.stderr,
-                )
+                print(f"warning: {who} failed after {retries + 1} tries: {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)  # fmt: skip
                 return None
             await asyncio.sleep(0.5 * 2**attempt)
 
 
-def get_judge_reward(args: ScriptArguments, cache: dict):
-    async def judge_reward(prompts, completions, log_metric=None, **kwargs) -> list[float | None]:
-        """VLM judge of the image rendered by image_reward vs the original prompt; (s-5)/5 in [-1, 1], None on failure."""
+async def judge_one(client, model: str, image, prompt: str, retries: int) -> float | None:
+    """(s - 5) / 5 for the judge's 0-10 score, or None once every retry failed."""
+    schema = judge_schema()
+    text = f"Prompt: {prompt}\nRate from 0 (unrelated or broken) to 10 (perfect match, well made)."
+    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": png_data_url(image), "detail": "low"}}]  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "image_score", "schema": schema.model_json_schema()}}
+    request = dict(model=model, messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}], response_format=fmt)  # fmt: skip
+    return await ask(client, request, lambda c: (schema.model_validate_json(c).score - 5) / 5, retries, "judge")
+
+
+def get_judge_reward(args: ScriptArguments, cache: dict, num_generations: int):
+    def judge_reward(prompts, completions, log_metric=None, log_extra=None, **kwargs) -> list[float | None]:
+        """VLM judge of the images image_reward rendered, vs the original prompt: (s-5)/5 in [-1, 1]. A failed call
+        takes the mean of its group's successful calls (groups may span ranks, hence the gather), so that neither
+        its own advantage nor its group's moves; None only if the whole group failed (then equal, still neutral)."""
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
         from openai import AsyncOpenAI
 
-        async with AsyncOpenAI(base_url=args.judge_base_url, max_retries=0, timeout=args.judge_timeout) as client:
-            jobs = [
-                judge_one(client, args.judge_model, im, p, args.judge_retries)
-                for im, p in zip(cache["images"], cache["originals"], strict=True)
-            ]
-            scores = list(await asyncio.gather(*jobs))
-        if log_metric is not None:
-            log_metric("judge/failures", float(sum(s is None for s in scores)))
-        return scores
+        async def run():
+            async with AsyncOpenAI(base_url=args.judge_base_url, max_retries=0, timeout=args.judge_timeout) as client:
+                jobs = [judge_one(client, args.judge_model, im, p, args.judge_retries) for im, p in zip(cache["images"], cache["originals"], strict=True)]  # fmt: skip
+                return list(await asyncio.gather(*jobs))
+
+        scores = asyncio.run(run())
+        everyone = gather_object(scores)  # rank order = TRL's reward gather, whose groups are num_generations rows
+        filled = []
+        for i in range(0, len(everyone), num_generations):
+            ok = [s for s in everyone[i : i + num_generations] if s is not None]
+            filled += [s if s is not None or not ok else sum(ok) / len(ok) for s in everyone[i : i + num_generations]]
+        if log_metric is not None:  # the global count on every rank: TRL's log_metric averages over ranks
+            log_metric("judge/failures", float(sum(s is None for s in everyone)))
+        if log_extra is not None:
+            log_extra("judge_raw", scores)
+        rank = PartialState().process_index
+        return filled[rank * len(scores) : (rank + 1) * len(scores)]
 
     return judge_reward
 
 
 ########################
-# Plumbing
+# Plumbing: data, checks that need no weights, loading
 ########################
-def read_prompts(path: str) -> list[str]:
-    """.txt lines, .json list of strings or objects with `prompt`, .jsonl objects with `prompt`; else a dataset id."""
+def read_records(path: str) -> list:
+    """Rows of a .txt (lines), .json (a list, or {"prompt": [...]}) or .jsonl (None for blank lines) file."""
     p = Path(path)
-    if p.suffix in (".txt", ".json", ".jsonl") or p.exists():
-        if not p.is_file():
-            raise ValueError(f"data file not found: {p}")
-        text = p.read_text(encoding="utf-8")
-        if p.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif p.suffix == ".json":
+    if not p.is_file():
+        raise ValueError(f"data file not found: {path}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            try:
+                rows.append(json.loads(line) if line.strip() else None)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: record {i}: invalid JSON ({e.msg})") from None
+        return rows
+    if p.suffix == ".json":
+        try:
             rows = json.loads(text or "[]")
-        else:
-            rows = text.splitlines()
-        prompts = [r if isinstance(r, str) else r.get("prompt", "") for r in rows]
-    else:
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+        rows = rows["prompt"] if isinstance(rows, dict) and isinstance(rows.get("prompt"), list) else rows
+        if not isinstance(rows, list):
+            raise ValueError(f'{path}: expected a JSON list of records or {{"prompt": [...]}}')
+        return rows
+    return text.splitlines()
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts of a data file (strings, or objects with a string `prompt`), or of a hub dataset's `prompt` column."""
+    p = Path(path)
+    if p.suffix not in (".txt", ".json", ".jsonl") and not p.exists():
         from datasets import load_dataset
 
-        prompts = load_dataset(path, split="train")["prompt"]
-    prompts = [q.strip() for q in prompts if q and q.strip()]
+        rows = load_dataset(path, split="train")["prompt"]
+    else:
+        rows = read_records(path)
+    prompts = []
+    for i, r in enumerate(rows, 1):
+        q = r.get("prompt") if isinstance(r, dict) else r
+        if r is not None and not isinstance(q, str):
+            raise ValueError(f"{path}: record {i}: expected a string prompt (or an object with one), got {json.dumps(r)[:60]}")  # fmt: skip
+        prompts += [q.strip()] if q and q.strip() else []
     if not prompts:
         raise ValueError(f"no prompts in {path}")
     return prompts
 
 
+def read_sft_records(path: str, args: ScriptArguments) -> list[dict]:
+    """{"prompt", "completion"} records whose completion passes the format and length rewards (--make_sft_data's)."""
+    records = []
+    for i, r in enumerate(read_records(path), 1):
+        if r is None:
+            continue
+        if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)):
+            raise ValueError(f'{path}: record {i}: expected {{"prompt": str, "completion": str}}')
+        if get_length_reward(args.min_words, args.max_words)([r["completion"]]) != [1.0]:
+            raise ValueError(f"{path}: record {i}: completion fails the format or length reward")
+        records.append(r)
+    if not records:
+        raise ValueError(f"no records in {path}")
+    return records
+
+
+def check_model_path(path: str, what: str, markers=MODEL_FILES):
+    """A folder must hold a model; a missing path that looks local is an error; anything else may be a hub id."""
+    p = Path(path).expanduser()
+    if p.exists() and not any((p / m).is_file() for m in markers):
+        raise ValueError(f"{what} {path} is not a model folder (no {' or '.join(markers)})")
+    if not p.exists() and path.startswith(("/", "./", "../", "~")):
+        raise ValueError(f"{what}: no such folder: {path}")
+
+
 def check_text2image(name: str):
-    """Fail fast (before any weights load) on a pipeline that is not text-to-image, from its model_index.json."""
+    """A pipeline that is not text-to-image is refused from its model_index.json (no weights load)."""
     from diffusers import DiffusionPipeline
     from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
 
+    check_model_path(name, "--sdmodel_name", ("model_index.json",))
     cls = DiffusionPipeline.load_config(name)["_class_name"]
     if cls not in {c.__name__ for c in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()}:
         raise ValueError(f"--sdmodel_name {name} is a {cls}, not a text-to-image pipeline")
+
+
+def check_args(args: ScriptArguments, mode: str):
+    """Every check that needs no weights; mode: grpo, sft, make_sft_data, eval or infer. Raises ValueError."""
+    lows = dict(image_batch_size=1, num_inference_steps=1, height=8, width=8, min_words=1, n_images=1,
+                max_new_tokens=1, judge_retries=0, log_images_every=0)  # fmt: skip
+    for name, low in lows.items():
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.max_words < args.min_words or args.judge_timeout <= 0:
+        raise ValueError("need --max_words >= --min_words and --judge_timeout > 0")
+    if args.stage not in ("grpo", "sft"):
+        raise ValueError(f"unknown --stage {args.stage!r}: grpo or sft")
+    if mode != "make_sft_data":
+        if not args.gpt_path:
+            raise ValueError("give the policy / reprompter with --gpt_path")
+        check_model_path(args.gpt_path, "--gpt_path")
+    if mode in ("grpo", "sft", "make_sft_data") and not args.data:
+        raise ValueError("give the data with --data")
+    if mode == "make_sft_data" and not args.teacher_model:
+        raise ValueError("--make_sft_data needs --teacher_model")
+    if mode in ("grpo", "eval"):
+        import score
+
+        score.parse_metric_weights(args.image_metrics)
+    if ((mode == "grpo" and args.judge_model) or mode == "make_sft_data") and not os.environ.get("OPENAI_API_KEY"):
+        raise ValueError("the judge/teacher needs OPENAI_API_KEY in the environment (any value for a local server)")
+    if mode in ("grpo", "eval") or (mode == "infer" and args.generate_image):
+        check_text2image(args.sdmodel_name)
+
+
+def model_init_kwargs(model_args, training_args) -> dict:
+    """ModelConfig -> from_pretrained kwargs (TRL passes these to the policy and the reference model). trl 1.16 has no
+    get_kbit_device_map: TRL picks the device map itself ("auto" on one GPU, the rank's GPU when distributed)."""
+    from trl import get_quantization_config
+
+    if model_args.dtype is None:  # see docstring item 7; DeepSpeed keeps fp32 master weights and optimizer state
+        deepspeed = training_args.distributed_state.distributed_type == "DEEPSPEED"
+        model_args.dtype = "bfloat16" if deepspeed and training_args.bf16 else "float32"
+    kwargs = dict(revision=model_args.model_revision, attn_implementation=model_args.attn_implementation,
+                  dtype=model_args.dtype, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
+    if (quant := get_quantization_config(model_args)) is not None:
+        kwargs["quantization_config"] = quant
+    return {**kwargs, **(training_args.model_init_kwargs or {})}
 
 
 def load_pipeline(args: ScriptArguments, device):
@@ -351,7 +524,7 @@ def load_pipeline(args: ScriptArguments, device):
     from diffusers import DiffusionPipeline
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    pipe = DiffusionPipeline.from_pretrained(args.sdmodel_name, dtype=dtype)
+    pipe = DiffusionPipeline.from_pretrained(args.sdmodel_name, dtype=dtype)  # `dtype=`: diffusers >= 0.40
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     for module in pipe.components.values():
@@ -363,11 +536,6 @@ def load_pipeline(args: ScriptArguments, device):
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def check_judge(args: ScriptArguments):
-    if args.judge_model and not os.environ.get("OPENAI_API_KEY"):
-        raise ValueError("--judge_model needs OPENAI_API_KEY in the environment (any value for a local server)")
 
 
 def pick_device():
@@ -398,84 +566,112 @@ def load_llm(path: str, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval(), AutoTokenizer.from_pretrained(
-        path
-    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def make_sft_data(args: ScriptArguments):
+    """RePrompt's SFT data (its GPT-4 set is not public): the teacher answers each --data prompt in the policy's own
+    chat format; only answers that pass the format and length rewards are written."""
+    from openai import AsyncOpenAI
+
+    prompts = read_prompts(args.data)
+    note = TEACHER_NOTE.format(args.min_words, args.max_words)
+    messages = lambda p: [{**build_messages(p)[0], "content": SYSTEM_PROMPT + note}, build_messages(p)[1]]  # noqa: E731
+
+    async def run():
+        limit = asyncio.Semaphore(16)  # concurrent requests
+
+        async def one(client, p):
+            async with limit:
+                request = dict(model=args.teacher_model, messages=messages(p))
+                return await ask(client, request, str.strip, args.judge_retries, "teacher")
+
+        async with AsyncOpenAI(base_url=args.teacher_base_url, max_retries=0, timeout=args.judge_timeout) as client:
+            return await asyncio.gather(*(one(client, p) for p in prompts))
+
+    replies = asyncio.run(run())
+    length = get_length_reward(args.min_words, args.max_words)
+    kept = [
+        {"prompt": p, "completion": r} for p, r in zip(prompts, replies, strict=True) if r and length([r]) == [1.0]
+    ]
+    failed, malformed = replies.count(None), sum(r is not None and parse_completion(r) is None for r in replies)
+    out = Path(args.make_sft_data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    print(f"kept {len(kept)} of {len(prompts)} ({failed} calls failed, {malformed} malformed, "
+          f"{len(prompts) - failed - malformed - len(kept)} outside {args.min_words}-{args.max_words} words) -> {out}")  # fmt: skip
 
 
 ########################
-# Training
+# Training (--stage grpo, or sft: RePrompt's cold start)
 ########################
 def train(script_args: ScriptArguments, training_args, model_args):
     from accelerate import PartialState
     from datasets import Dataset
-    from trl import GRPOTrainer, get_peft_config
+    from trl import GRPOTrainer, SFTTrainer, get_peft_config
 
     import score
 
-    model_args.model_name_or_path = script_args.gpt_path or model_args.model_name_or_path
-    if script_args.outdir:
-        training_args.output_dir = script_args.outdir
+    model_args.model_name_or_path = script_args.gpt_path = script_args.gpt_path or model_args.model_name_or_path
+    training_args.output_dir = script_args.outdir or training_args.output_dir
+    sft = script_args.stage == "sft"
     try:  # every user error before any weights load
-        if not model_args.model_name_or_path:
-            raise ValueError("give the policy with --gpt_path (or --model_name_or_path)")
-        if not script_args.data:
-            raise ValueError("give the training prompts with --data")
-        prompts = read_prompts(script_args.data)
-        weights = score.parse_metric_weights(script_args.image_metrics)
-        check_judge(script_args)
-        check_text2image(script_args.sdmodel_name)
+        check_args(script_args, script_args.stage)
+        if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+            raise ValueError("--load_in_4bit/--load_in_8bit train LoRA adapters: add --use_peft true")
+        if getattr(training_args, "use_vllm", False) and not importlib.util.find_spec("vllm"):
+            raise ValueError("--use_vllm needs vLLM (optional): pip install vllm (TRL supports 0.22-0.31)")
+        data = read_sft_records(script_args.data, script_args) if sft else read_prompts(script_args.data)
     except (ValueError, OSError, KeyError) as e:
         fail(str(e).splitlines()[0])
+    if (note := device_defaults()[1]) and PartialState().is_main_process:
+        print(f"note: {note}", file=sys.stderr)
 
     ################
     # Model
     ################
-    if model_args.dtype not in (None, "auto"):
-        training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": model_args.dtype}
-    device = PartialState().device
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    peft_config = get_peft_config(model_args)
 
     ################
     # Dataset
     ################
-    dataset = Dataset.from_dict({"prompt": [build_messages(p) for p in prompts], "original_prompt": prompts})
+    if sft:  # conversational prompt/completion: SFTTrainer puts the loss on the completion (+ EOS) only
+        rows = [{"prompt": build_messages(r["prompt"]), "completion": [{"role": "assistant", "content": r["completion"]}]} for r in data]  # fmt: skip
+        trainer = SFTTrainer(model=model_args.model_name_or_path, args=training_args, train_dataset=Dataset.from_list(rows), peft_config=peft_config)  # fmt: skip
+    else:
+        dataset = Dataset.from_dict({"prompt": [build_messages(p) for p in data], "original_prompt": data})
 
-    ################
-    # Reward
-    ################
-    pipe = load_pipeline(script_args, device)
-    scorer = score.MultiScorer(weights, device=device)
-    cache = {}  # images of the current step, shared by the image reward and the judge (async: runs after it)
-    reward_funcs = [
-        format_reward,
-        get_length_reward(script_args.min_words, script_args.max_words),
-        get_image_reward(
-            pipe,
-            scorer,
-            script_args,
-            training_args.seed,
-            training_args.num_generations,
-            training_args.output_dir,
-            cache,
-        ),
-    ]
-    if script_args.judge_model:
-        reward_funcs.append(get_judge_reward(script_args, cache))
-    if training_args.reward_weights is None:
-        training_args.reward_weights = [1.0, 1.0, 1.0, 0.5][: len(reward_funcs)]
+        ################
+        # Reward
+        ################
+        device = PartialState().device
+        pipe = load_pipeline(script_args, device)
+        scorer = score.MultiScorer(score.parse_metric_weights(script_args.image_metrics), device=device)
+        cache, g = {}, training_args.num_generations  # cache: the step's images, read by the judge after rendering
+        reward_funcs = [
+            format_reward,
+            get_length_reward(script_args.min_words, script_args.max_words),
+            get_image_reward(pipe, scorer, script_args, training_args.seed, g, training_args.output_dir, cache),
+        ]
+        if script_args.judge_model:
+            reward_funcs.append(get_judge_reward(script_args, cache, g))
+        if training_args.reward_weights is None:
+            training_args.reward_weights = [1.0, 1.0, 1.0, 0.5][: len(reward_funcs)]
 
-    ################
-    # Trainer
-    ################
-    trainer = GRPOTrainer(
-        model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=training_args, train_dataset=dataset,
-        peft_config=get_peft_config(model_args),
-    )  # fmt: skip
+        ################
+        # Trainer
+        ################
+        trainer = GRPOTrainer(
+            model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=training_args, train_dataset=dataset,
+            peft_config=peft_config,
+        )  # fmt: skip
     if trainer.accelerator.is_main_process:
         n = trainer.accelerator.num_processes
         per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * n
-        print(f"{len(prompts)} prompts; {per_step} completions = {per_step // training_args.num_generations} prompts "
-              f"x {training_args.num_generations} per optimizer step on {n} process(es); reward weights {training_args.reward_weights}")  # fmt: skip
+        what = f"{len(data)} SFT records; {per_step}" if sft else f"{len(data)} prompts; {per_step} completions = {per_step // g} prompts x {g}"  # fmt: skip
+        print(f"{what} per optimizer step on {n} process(es); policy dtype {model_args.dtype}")
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     except KeyboardInterrupt:  # keep what was learned: save before exiting
@@ -496,16 +692,17 @@ def infer(args: ScriptArguments, prompts: list[str]):
     model, tokenizer = load_llm(args.gpt_path, device)
     finals = []
     for prompt, completion in zip(prompts, reprompt(model, tokenizer, prompts, args.max_new_tokens), strict=True):
-        think = THINK_RE.search(completion)
-        print(f"reasoning: {' '.join((think.group(1) if think else completion).split())}")
-        finals.append(extract_answer(completion) or prompt.strip())  # no answer: keep the user's prompt
+        parsed = parse_completion(completion)
+        print(f"reasoning: {parsed[0] if parsed else ' '.join(completion.split())}")
+        finals.append(parsed[1] if parsed else prompt.strip())  # malformed: keep the user's prompt
     if args.generate_image:
         del model
-        pipe = load_pipeline(args, device)
-        image = render(pipe, finals[-1:], [args.image_seed], args)[0]
-        Path(args.generate_image).parent.mkdir(parents=True, exist_ok=True)
-        image.save(args.generate_image)
-        print(f"saved {args.generate_image}", file=sys.stderr)
+        out = Path(args.generate_image)
+        paths = [out] if len(finals) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(finals))]  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for path, image in zip(paths, render(load_pipeline(args, device), finals, [args.image_seed] * len(finals), args), strict=True):  # fmt: skip
+            image.save(path)
+            print(f"saved {path}", file=sys.stderr)
     for final in finals:
         print(final)
 
@@ -517,26 +714,23 @@ def evaluate(args: ScriptArguments):
     device = pick_device()
     prompts = read_prompts(args.eval_prompts)
     model, tokenizer = load_llm(args.gpt_path, device)
-    finals = [
-        extract_answer(c) or p
-        for p, c in zip(prompts, reprompt(model, tokenizer, prompts, args.max_new_tokens), strict=True)
-    ]
+    completions = reprompt(model, tokenizer, prompts, args.max_new_tokens)
+    finals = [extract_answer(c) or p for p, c in zip(prompts, completions, strict=True)]
     del model
     pipe = load_pipeline(args, device)
     scorer = score.MultiScorer(score.parse_metric_weights(args.image_metrics), device=device)
-    seeds = [args.image_seed + i for i in range(args.n_images)]
+    seeds, n = [args.image_seed + i for i in range(args.n_images)], args.n_images
     out_dir = Path(args.outdir or "r1_eval")
     records, rows, captions = [], [], []
     for p, f in zip(prompts, finals, strict=True):
-        images = render(pipe, [p] * args.n_images + [f] * args.n_images, seeds + seeds, args)
-        _, details = scorer(images, [p] * (2 * args.n_images))
-        n = args.n_images
+        images = render(pipe, [p] * n + [f] * n, seeds + seeds, args)
+        _, details = scorer(images, [p] * (2 * n))
         records.append({"prompt": p, "reprompt": f, "seeds": seeds,
                         "original": {m: v[:n] for m, v in details.items()}, "reprompted": {m: v[n:] for m, v in details.items()}})  # fmt: skip
         rows.append(images)
         captions.append([f"original: {p}"] * n + [f"reprompted: {f}"] * n)
     means = {
-        m: {k: sum(sum(r[k][m]) for r in records) / (len(records) * args.n_images) for k in ("original", "reprompted")}
+        m: {k: sum(sum(r[k][m]) for r in records) / (len(records) * n) for k in ("original", "reprompted")}
         for m in records[0]["original"]
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -548,40 +742,104 @@ def evaluate(args: ScriptArguments):
     print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval_grid.png'}", file=sys.stderr)
 
 
-GRPO_DEFAULTS = dict(  # upstream's effective run (train_reprompt.py + vendored trl 0.16 defaults); yaml/CLI override
-    num_generations=4, learning_rate=2e-6, gradient_accumulation_steps=2, num_train_epochs=3, temperature=0.9,
-    max_completion_length=256, beta=0.04, logging_steps=1, save_steps=100, save_total_limit=2,
-)  # fmt: skip
+########################
+# CLI: positional prompts anywhere -> inference; --eval_prompts / --make_sft_data; else training (--stage)
+########################
+STAGE_DEFAULTS = {  # yaml / CLI override these
+    # upstream's effective GRPO run (train_reprompt.py + vendored trl 0.16 defaults)
+    "grpo": dict(num_generations=4, learning_rate=2e-6, gradient_accumulation_steps=2, num_train_epochs=3,
+                 temperature=0.9, max_completion_length=256, beta=0.04, logging_steps=1, save_steps=100,
+                 save_total_limit=2),
+    # RePrompt configs/qwen25-3b-full-sft.yaml (full fine-tuning; warmup_steps < 1 is a ratio in transformers 5)
+    "sft": dict(learning_rate=1e-5, num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.1, max_length=1024,
+                per_device_train_batch_size=4, gradient_accumulation_steps=4, logging_steps=10, save_steps=100),
+}  # fmt: skip
+HELP_GROUPS = {"data": "data and models", "image_metrics": "rewards", "make_sft_data": "SFT cold start",
+               "eval_prompts": "inference and evaluation"}  # fmt: skip
+USAGE = ("python r1_prompter.py [PROMPT ...] [options]\n  PROMPT: reprompt these and exit (inference); "
+         "else --eval_prompts, --make_sft_data, or training (--stage grpo|sft)")  # fmt: skip
+
+
+def make_parser(config_cls):
+    """TrlParser whose --help lists this script's flags first, grouped as in ScriptArguments, then the trainer's."""
+    from trl import ModelConfig, TrlParser
+
+    parser = TrlParser((ScriptArguments, config_cls, ModelConfig), allow_abbrev=False, usage=USAGE)
+    own, groups = {f.name for f in fields(ScriptArguments)}, []
+    for action in list(parser._optionals._group_actions):
+        if action.dest in HELP_GROUPS:
+            groups.append(parser.add_argument_group(HELP_GROUPS[action.dest]))
+        if action.dest in own:
+            parser._optionals._group_actions.remove(action)
+            groups[-1]._group_actions.append(action)
+    parser._optionals.title = f"trainer options (TRL {config_cls.__name__} / ModelConfig)"
+    parser._action_groups = [*groups, *(g for g in parser._action_groups if g not in groups)]
+    parser.error = fail  # argparse's own errors (bad int, ...) in one line too
+    return parser
+
+
+def device_defaults() -> tuple[dict, str | None]:
+    """Trainer defaults for this machine (set before parsing, so --use_cpu / --bf16 still win) and a note saying so."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return dict(use_cpu=True, bf16=False), "no CUDA device: training on the CPU in fp32 (use_cpu=True, bf16=False)"
+    if not torch.cuda.is_bf16_supported():
+        return dict(bf16=False), "this GPU has no bf16: training in fp32 (bf16=False)"
+    return {}, None
 
 
 def main(argv=None):
-    from trl import TrlParser
+    import argparse
+
+    from trl import GRPOConfig, SFTConfig, TrlParser
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if (argv and not argv[0].startswith("-")) or any(a.split("=")[0] == "--eval_prompts" for a in argv):
-        parser = TrlParser((ScriptArguments,), allow_abbrev=False)
-        args, prompts = parser.parse_args_and_config(argv, return_remaining_strings=True)
-        if any(p.startswith("-") for p in prompts):
-            fail(f"unrecognised arguments: {' '.join(p for p in prompts if p.startswith('-'))}")
-        if not args.gpt_path:
-            fail("give the reprompter with --gpt_path")
-        if any(not p.strip() for p in prompts):
-            fail("empty prompt")
+    peek = argparse.ArgumentParser(add_help=False)
+    for flag in ("--stage", "--config", "--eval_prompts", "--make_sft_data"):
+        peek.add_argument(flag)
+    known = peek.parse_known_args(argv)[0]
+    stage = known.stage
+    if stage is None and known.config and Path(known.config).is_file():  # the stage picks the config class
+        import yaml
+
+        stage = (yaml.safe_load(Path(known.config).read_text()) or {}).get("stage")
+    if (stage or "grpo") not in STAGE_DEFAULTS:
+        fail(f"unknown --stage {stage!r}: grpo or sft")
+    parser = make_parser(SFTConfig if stage == "sft" else GRPOConfig)
+    # argparse knows every option here, so an option's value is never taken for a prompt; builds no dataclass
+    stripped = [a for i, a in enumerate(argv) if not (a == "--config" or a.startswith("--config=") or (i and argv[i - 1] == "--config"))]  # fmt: skip
+    rest = parser.parse_known_args(stripped)[1]
+    if [r for r in rest if r.startswith("-")]:
+        fail(f"unrecognised arguments: {' '.join(r for r in rest if r.startswith('-'))}")
+    mode = "eval" if known.eval_prompts else "make_sft_data" if known.make_sft_data else "infer" if rest else None
+    if mode:  # no trainer config, no accelerate state
+        parser = TrlParser((ScriptArguments,), allow_abbrev=False, usage=USAGE)
+        parser.error = fail  # argparse's own errors in one line too
+        args, rest = parser.parse_args_and_config(argv, return_remaining_strings=True)
+        if [r for r in rest if r.startswith("-")] or (mode != "infer" and rest):
+            fail(f"not an option of {mode}: {' '.join(rest)}")
         try:
-            if args.generate_image or args.eval_prompts:
-                check_text2image(args.sdmodel_name)
-            if args.eval_prompts:
+            if any(not p.strip() for p in rest):
+                raise ValueError("empty prompt")
+            check_args(args, mode)
+            if mode == "infer":
+                infer(args, rest)
+            elif mode == "eval":
                 evaluate(args)
             else:
-                infer(args, prompts)
+                make_sft_data(args)
         except (ValueError, OSError) as e:
             fail(str(e).splitlines()[0])
         return
-    from trl import GRPOConfig, ModelConfig
-
-    parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig))
-    parser.set_defaults(**GRPO_DEFAULTS)
-    train(*parser.parse_args_and_config(argv))
+    # CLI / yaml values still win; dtype None = "not given" (ModelConfig says float32), see model_init_kwargs
+    parser.set_defaults(**STAGE_DEFAULTS[stage or "grpo"], **device_defaults()[0], dtype=None)
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    except (ValueError, OSError) as e:  # e.g. --bf16 true without a bf16 GPU, batch not divisible by num_generations
+        fail(str(e).strip().splitlines()[0])
+    script_args.stage = stage or script_args.stage
+    train(script_args, training_args, model_args)
 
 
 if __name__ == "__main__":

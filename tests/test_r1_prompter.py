@@ -1,75 +1,106 @@
 # SPDX-License-Identifier: Apache-2.0
-"""r1_prompter.py: rewards on strings, batched group-seeded rendering, GRPO runs (FLUX via accelerate, SD1.5 in
-process) with the loopback judge, inference, evaluation and bad input."""
+"""r1_prompter.py: rewards on strings (format edge cases), data shapes, batched group-seeded rendering, the encoder
+limit, neutral judge failures, ModelConfig flags, the SFT cold start (teacher data -> SFT -> inference -> GRPO where
+the image reward alone separates a group), GRPO runs (FLUX via accelerate, SD1.5 in process, 2 gloo processes with
+resume), inference, evaluation, --help and bad input."""
 
 import ast
 import itertools
 import json
+import re
 import shutil
+import zlib
 
 import pytest
 import torch
-from conftest import run_command
+from conftest import REPO, launch, run_command
 from PIL import Image
 from safetensors.torch import load_file
 
 import r1_prompter as r1
 
+PROMPTS = str(REPO / "recipes" / "r1_prompts.txt")
 GOOD = "<think>two objects,\nred above blue</think>\n<answer>a glossy red cube resting on top of a matte blue sphere</answer>"
 
 
-def test_format_reward_allows_multiline_and_rejects_the_rest():
-    completions = [
-        GOOD,
-        "<think>x</think><answer>a\nb</answer>  ",
-        "<think>x</think>",
-        "<answer>y</answer>",
-        "<think>x</think><answer>y</answer> trailing words",
-        "<think></think><answer>y</answer>",
-    ]
-    assert r1.format_reward(completions) == [1.0, 1.0, -1.0, -1.0, -1.0, -1.0]
-    assert r1.format_reward([[{"role": "assistant", "content": GOOD}]]) == [1.0]  # conversational completions
+def loss_logs(stdout: str) -> list[dict]:
+    return [ast.literal_eval(line[line.index("{'loss'") :]) for line in stdout.splitlines() if "{'loss'" in line]
+
+
+########################
+# rewards and parsing (issue 16 item 1)
+########################
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        (GOOD, "a glossy red cube resting on top of a matte blue sphere"),
+        ("  <think>x</think><answer>a\nb</answer>  ", "a b"),  # multi-line bodies, outer whitespace
+        ("<think>x</think><answer> </answer>", None),  # whitespace-only answer: was format +1, length 0
+        ("<think> </think><answer>y</answer>", None),  # empty reasoning
+        ("<think>x</think><answer>a</answer><answer>b</answer>", None),  # two answers: was +1
+        ("<think>x</think><think>y</think><answer>z</answer>", None),  # two thoughts
+        # a real model's output: answer nested in the reasoning; was +1 and rendered "a black laptop... </think> <answer>A..."
+        ("<think>plan <answer>a black laptop on a desk</think> <answer>A coffee mug on a desk</answer>", None),
+        ("<think>x</think><answer>a </answer> b</answer>", None),  # closing tag inside the answer
+        ("<think>x</think><answer>a <think> b</answer>", None),  # opening tag inside the answer
+        ("<think>x</think>", None),
+        ("<answer>y</answer>", None),
+        ("<think>x</think><answer>y</answer> trailing words", None),
+        ("preamble <think>x</think><answer>y</answer>", None),
+    ],
+)
+def test_format_edge_cases_exact_rewards_and_rendered_answer(text, answer, tmp_path):
+    assert r1.extract_answer(text) == answer
+    assert r1.format_reward([text]) == [1.0 if answer else -1.0]
+    assert r1.get_length_reward(1, 76)([text]) == [1.0 if answer else -1.0]  # no valid answer = 0 words
+    assert r1.format_reward([[{"role": "assistant", "content": text}]]) == [1.0 if answer else -1.0]
+    # the image reward renders exactly the answer the format check accepted, else the original prompt
+    pipe = RecordingPipe()
+    args = r1.ScriptArguments(image_batch_size=4, log_images_every=0)
+    reward = r1.get_image_reward(pipe, lambda im, p: ([0.0], {}), args, 0, 1, str(tmp_path), {})
+    reward(None, [text], ["the original"])
+    assert pipe.calls[0][0] == [answer or "the original"]
 
 
 def test_length_reward_window_is_inclusive():
     reward = r1.get_length_reward(16, 76)
     words = lambda n: f"<think>t</think><answer>{' '.join(['w'] * n)}</answer>"  # noqa: E731
-    assert reward([words(15), words(16), words(76), words(77), "no answer", "<answer> </answer>"]) == [
-        -1.0,
-        1.0,
-        1.0,
-        -1.0,
-        0.0,
-        0.0,
-    ]
-    assert r1.extract_answer("<answer>\n  a  red\ncube </answer>") == "a red cube"
+    assert reward([words(15), words(16), words(76), words(77), "no answer"]) == [-1.0, 1.0, 1.0, -1.0, -1.0]
+    assert r1.extract_answer("<think>t</think><answer>\n  a  red\ncube </answer>") == "a red cube"
 
 
-def test_read_prompts_txt_json_jsonl(tmp_path):
+########################
+# data (issue 16 item 4, issue 14)
+########################
+def test_read_prompts_shapes(tmp_path):
     (tmp_path / "p.txt").write_text("a cat\n\n  two dogs  \n")
     (tmp_path / "p.json").write_text(json.dumps(["a cat", {"prompt": "two dogs"}]))
     (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n\n{"prompt": "two dogs", "id": 3}\n')
-    for ext in ("txt", "json", "jsonl"):
-        assert r1.read_prompts(str(tmp_path / f"p.{ext}")) == ["a cat", "two dogs"]
-    assert len(r1.read_prompts(str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompts.txt"))) == 40
+    (tmp_path / "obj.json").write_text(json.dumps({"prompt": ["a cat", "two dogs"]}))  # was the one prompt "prompt"
+    for name in ("p.txt", "p.json", "p.jsonl", "obj.json"):
+        assert r1.read_prompts(str(tmp_path / name)) == ["a cat", "two dogs"]
+    assert len(r1.read_prompts(PROMPTS)) == 40
 
 
-def test_judge_retries_then_none(openai_server, capsys):
-    from openai import AsyncOpenAI
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", json.dumps(["a cat", 3]), "bad.json: record 2: expected a string prompt"),  # was AttributeError
+        ("bad.json", json.dumps({"prompts": ["a"]}), 'expected a JSON list of records or {"prompt": [...]}'),
+        ("bad.jsonl", '{"prompt": "a"}\n{"prompt": ["b"]}\n', "bad.jsonl: record 2: expected a string prompt"),
+        ("bad.jsonl", '{"prompt": "a"}\n\n{"prompt": \n', "bad.jsonl: record 3: invalid JSON"),
+        ("bad.json", '[\n "a",\n ]', "bad.json: line 3 column 2: invalid JSON"),
+    ],
+)
+def test_read_prompts_refuses_in_one_line(name, content, message, tmp_path):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        r1.read_prompts(str(tmp_path / name))
 
-    image = Image.new("RGB", (8, 8))
 
-    async def judge(url, retries):
-        async with AsyncOpenAI(base_url=url, api_key="test", max_retries=0, timeout=5) as client:
-            return await r1.judge_one(client, "j", image, "a cat", retries)
-
-    openai_server.fail_next(1, "malformed")  # bad JSON once, then the default answer: score 7 -> (7 - 5) / 5
-    assert r1.asyncio.run(judge(openai_server.base_url, 1)) == pytest.approx(0.4)
-    assert len(openai_server.requests) == 2
-    assert r1.asyncio.run(judge("http://127.0.0.1:9/v1", 1)) is None  # unreachable: 2 tries, then None + warning
-    assert capsys.readouterr().err.count("judge failed after 2 tries: APIConnectionError") == 1
-
-
+########################
+# rendering (issue 16 items 5, 6, 7)
+########################
 class RecordingPipe:
     """Stands in for a diffusers pipeline: records prompts and seeds, returns a colour per seed."""
 
@@ -82,7 +113,7 @@ class RecordingPipe:
         return type("Out", (), {"images": [Image.new("RGB", (8, 8), (s % 256, 0, 0)) for s in seeds]})()
 
 
-def test_image_reward_batches_shares_group_seeds_and_falls_back_to_original(tmp_path):
+def test_image_reward_batches_shares_group_seeds_traces_and_grid(tmp_path):
     pipe, metrics = RecordingPipe(), []
 
     def scorer(images, prompts):
@@ -92,142 +123,37 @@ def test_image_reward_batches_shares_group_seeds_and_falls_back_to_original(tmp_
     args = r1.ScriptArguments(image_batch_size=3, log_images_every=1)
     reward = r1.get_image_reward(pipe, scorer, args, seed=0, num_generations=2, output_dir=str(tmp_path), cache={})
     originals = ["a cat", "a cat", "a dog", "a dog"]
-    completions = [GOOD, "no tags at all", GOOD, "<answer>a dog, 4k</answer>"]
+    completions = [GOOD, "no tags at all", GOOD, "<think>t</think><answer>a dog, 4k</answer>"]
     state = type("S", (), {"global_step": 3})()
     out = reward(None, completions, originals, trainer_state=state, log_metric=lambda k, v: metrics.append((k, v)))
     prompts = [p for call in pipe.calls for p in call[0]]
     seeds = [s for call in pipe.calls for s in call[1]]
     assert [len(c[0]) for c in pipe.calls] == [3, 1]  # batched by image_batch_size
     assert prompts == [r1.extract_answer(GOOD), "a cat", r1.extract_answer(GOOD), "a dog, 4k"]  # no answer -> original
-    assert seeds[0] == seeds[1] != seeds[2] == seeds[3] == r1.group_seed(0, 3, "a dog")
+    assert seeds[0] == seeds[1] != seeds[2] == seeds[3] == zlib.crc32(b"0|3|a dog")
     assert out == [float(s % 256) for s in seeds]
     assert ("image/no_answer_frac", 0.25) in metrics and ("image/fake", sum(out) / 4) in metrics
     assert Image.open(tmp_path / "grids" / "step000003.png").size[0] == 8
-
-
-def train_args(pipe, out, extra=()):
-    return [
-        "--data", str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompts.txt"), "--sdmodel_name", pipe,
-        "--outdir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "4",
-        "--gradient_accumulation_steps", "1", "--max_completion_length", "12", "--report_to", "none", "--use_cpu", "true",
-        "--bf16", "false", "--save_strategy", "no", "--height", "64", "--width", "64", "--num_inference_steps", "2",
-        "--image_metrics", "imagereward:1,clip:0.5", "--log_images_every", "1", "--logging_steps", "1", "--learning_rate", "1e-3",
-        "--gradient_checkpointing", "false", *extra,
-    ]  # fmt: skip
-
-
-def assert_trained(initial: str, out):
-    before = load_file(f"{initial}/model.safetensors")
-    after = load_file(f"{out}/model.safetensors")
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    assert sorted(p.name for p in (out / "grids").iterdir())[:2] == ["step000000.png", "step000001.png"]
-
-
-def cycling_judge(server):
-    """Judge answers 0, 5, 10, 0, ... so a group's rewards differ (the tiny policy writes no answers: its images, one
-    per group seed, are identical, and GRPO would see zero advantage without a judge that varies)."""
-    counter = itertools.count()
-    server.chat_handler = lambda body: json.dumps({"reasoning": "ok", "score": 5 * (next(counter) % 3)})
-
-
-def test_grpo_flux_with_judge_via_accelerate(tiny_qwen2, tiny_flux, tiny_scorers, openai_server, tmp_path):
-    cycling_judge(openai_server)
-    openai_server.fail_next(1, "500")  # one judge call fails (no retries): that sample's judge reward is None, not 0
-    out = tmp_path / "run"
-    cmd = ["accelerate", "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "r1_prompter.py", "--gpt_path", tiny_qwen2]  # fmt: skip
-    extra = ["--judge_model", "judge", "--judge_base_url", openai_server.base_url, "--judge_retries", "0"]
-    res = run_command(cmd + train_args(tiny_flux, out, extra), env={**tiny_scorers.env, "OPENAI_API_KEY": "test"})
-    assert_trained(tiny_qwen2, out)
-    logs = [ast.literal_eval(line) for line in res.stdout.splitlines() if line.startswith("{'loss'")]
-    assert len(logs) == 2 and "rewards/image_reward/mean" in logs[0] and "image/imagereward" in logs[0]
-    assert [float(log["judge/failures"]) for log in logs] == [1.0, 0.0]
-    judged = [r for r in openai_server.requests if r[1].endswith("/chat/completions")]
-    assert len(judged) == 8 and len(openai_server.images_in(judged[0][2])) == 1
-    # step 1: the failed sample is skipped, the others score 0, 5, 10 -> -1, 0, 1; step 2: 0, 5, 10, 0 -> mean -0.25
-    assert [float(log["rewards/judge_reward/mean"]) for log in logs] == pytest.approx([0.0, -0.25])
-
-
-def test_grpo_sd15_in_process(tiny_qwen2, tiny_sd15, tiny_scorers, openai_server, monkeypatch, tmp_path):
-    for k, v in {**tiny_scorers.env, "OPENAI_API_KEY": "test"}.items():
-        monkeypatch.setenv(k, v)
-    cycling_judge(openai_server)
-    out = tmp_path / "run"
-    data = str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompts.txt")
-    smoke = str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompter_smoke.yaml")
-    r1.main(["--config", smoke, "--gpt_path", tiny_qwen2, "--data", data, "--sdmodel_name", tiny_sd15, "--outdir", str(out),
-             "--judge_model", "j", "--judge_base_url", openai_server.base_url])  # fmt: skip
-    assert_trained(tiny_qwen2, out)
-
-
-def test_inference_prints_reasoning_then_prompt(tiny_qwen2, tiny_sd15, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    png = tmp_path / "out.png"
-    res = run_command(["r1_prompter.py", "a red cube on top of a blue sphere", "--gpt_path", tiny_qwen2, "--max_new_tokens", "8",
-                       "--sdmodel_name", tiny_sd15, "--generate_image", str(png), "--height", "64", "--width", "64",
-                       "--num_inference_steps", "2"])  # fmt: skip
-    tok, model = AutoTokenizer.from_pretrained(tiny_qwen2), AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    ids = tok.apply_chat_template(
-        r1.build_messages("a red cube on top of a blue sphere"), add_generation_prompt=True, return_tensors="pt"
+    rows = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]
+    assert [(r["rank"], r["seed"], r["prompt"], r["image_reward"]) for r in rows] == list(
+        zip([0] * 4, seeds, originals, out, strict=True)
     )
-    ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
-    text = tok.decode(
-        model.generate(ids, do_sample=False, max_new_tokens=8)[0, ids.shape[1] :], skip_special_tokens=True
-    )
-    lines = res.stdout.splitlines()
-    assert lines[0] == f"reasoning: {' '.join(text.split())}"
-    assert lines[-1] == (r1.extract_answer(text) or "a red cube on top of a blue sphere")
-    assert Image.open(png).size == (64, 64)
 
 
-def test_eval_same_seeds_and_means(tiny_qwen2, tiny_sd15, tiny_scorers, monkeypatch, tmp_path, capsys):
-    for k, v in tiny_scorers.env.items():
-        monkeypatch.setenv(k, v)
-    (tmp_path / "p.txt").write_text("a cat in the rain\ntwo dogs\n")
-    r1.main(["--eval_prompts", str(tmp_path / "p.txt"), "--gpt_path", tiny_qwen2, "--sdmodel_name", tiny_sd15,
-             "--outdir", str(tmp_path / "ev"), "--n_images", "2", "--image_metrics", "clip", "--max_new_tokens", "4",
-             "--height", "64", "--width", "64", "--num_inference_steps", "2"])  # fmt: skip
-    data = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    rec = data["prompts"][0]
-    assert rec["seeds"] == [42, 43] and len(rec["original"]["clip"]) == 2
-    # the tiny model writes no <answer>: the reprompt falls back to the prompt, and the same seeds give the same scores
-    assert rec["reprompt"] == rec["prompt"]
-    assert rec["original"]["clip"] == pytest.approx(rec["reprompted"]["clip"], abs=1e-4)
-    mean = sum(v for r in data["prompts"] for v in r["original"]["clip"]) / 4
-    assert data["means"]["clip"]["original"] == pytest.approx(mean)
-    assert Image.open(tmp_path / "ev" / "eval_grid.png").size == (4 * 64, 2 * (64 + 92))
-    assert "clip" in capsys.readouterr().out
+def test_long_prompt_warning_uses_the_encoder_that_truncates(tiny_sd15, tiny_flux, capsys):
+    from diffusers import DiffusionPipeline
 
-
-@pytest.mark.parametrize("case", ["missing", "empty", "judge_key", "not_t2i", "flag"])
-def test_bad_input(case, tiny_sd15, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    (tmp_path / "empty.txt").write_text("\n  \n")
-    data, pipe, extra = str(tmp_path / "empty.txt"), tiny_sd15, []
-    if case == "missing":
-        data = str(tmp_path / "nope.txt")
-    elif case in ("judge_key", "not_t2i"):
-        data = str(r1.Path(__file__).resolve().parents[1] / "recipes" / "r1_prompts.txt")
-        extra = ["--judge_model", "gpt-4o"] if case == "judge_key" else []
-    if case == "not_t2i":
-        pipe = str(tmp_path / "img2img")
-        shutil.copytree(tiny_sd15, pipe)
-        index = json.loads((tmp_path / "img2img" / "model_index.json").read_text())
-        (tmp_path / "img2img" / "model_index.json").write_text(
-            json.dumps({**index, "_class_name": "StableDiffusionImg2ImgPipeline"})
-        )
-    argv = (
-        ["a cat", "--gpt_path", "x", "--max_new_token", "3"]
-        if case == "flag"
-        else ["--gpt_path", "/no/model", "--data", data, "--sdmodel_name", pipe, "--use_cpu", "true", *extra]
-    )
-    with pytest.raises(SystemExit) as exc:
-        r1.main(argv)
-    err = capsys.readouterr().err
-    expected = {"missing": "data file not found", "empty": "no prompts in", "judge_key": "OPENAI_API_KEY",
-                "not_t2i": "is a StableDiffusionImg2ImgPipeline, not a text-to-image pipeline", "flag": "unrecognised arguments: --max_new_token"}  # fmt: skip
-    assert exc.value.code == 2 and expected[case] in err and err.count("\n") == 1
+    sd, flux = DiffusionPipeline.from_pretrained(tiny_sd15), DiffusionPipeline.from_pretrained(tiny_flux)
+    assert type(r1.text_limit(sd)[0]).__name__.startswith("CLIP") and r1.text_limit(sd)[1] == 77
+    assert type(r1.text_limit(flux)[0]).__name__.startswith("T5") and r1.text_limit(flux)[1] == 512  # FLUX reads 512
+    long = " ".join(["a red cube on top of a blue sphere"] * 12)  # 96 words: > 77 CLIP tokens, < 512 T5 tokens
+    assert len(sd.tokenizer(long)["input_ids"]) > 77 and len(flux.tokenizer_2(long)["input_ids"]) < 512
+    args = r1.ScriptArguments(image_batch_size=2, height=64, width=64, num_inference_steps=1)
+    for pipe, warns in ((flux, False), (sd, True)):
+        r1.render.warned = False
+        r1.render(pipe, [long, "short"], [1, 2], args)
+        assert capsys.readouterr().err.count("exceeds the text encoder's 77 tokens") == int(warns)
+    r1.render.warned = False
 
 
 def test_long_prompt_warns_once(capsys):
@@ -247,3 +173,487 @@ def test_long_prompt_warns_once(capsys):
     assert (
         err.count("exceeds the text encoder's 5 tokens") == 1 and pipe.calls[0][0][0] == "one two three four five six"
     )
+    r1.render.warned = False
+
+
+def test_diffusers_lower_bound_accepts_dtype():
+    """`DiffusionPipeline.from_pretrained(..., dtype=)` exists from diffusers 0.40.0 (huggingface/diffusers#14162,
+    first tag v0.40.0); older releases drop the unknown kwarg and load fp32."""
+    req = re.search(r"^diffusers>=([\d.]+)", (REPO / "requirements.txt").read_text(), re.M)
+    header = re.search(r'"diffusers>=([\d.]+)"', (REPO / "r1_prompter.py").read_text())
+    for bound in (req.group(1), header.group(1)):
+        assert tuple(map(int, bound.split("."))) >= (0, 40)
+
+
+########################
+# judge (issue 16 item 2)
+########################
+def test_judge_retries_then_none(openai_server, capsys):
+    from openai import AsyncOpenAI
+
+    image = Image.new("RGB", (8, 8))
+
+    async def judge(url, retries):
+        async with AsyncOpenAI(base_url=url, api_key="test", max_retries=0, timeout=5) as client:
+            return await r1.judge_one(client, "j", image, "a cat", retries)
+
+    openai_server.fail_next(1, "malformed")  # bad JSON once, then the default answer: score 7 -> (7 - 5) / 5
+    assert r1.asyncio.run(judge(openai_server.base_url, 1)) == pytest.approx(0.4)
+    assert len(openai_server.requests) == 2
+    assert r1.asyncio.run(judge("http://127.0.0.1:9/v1", 1)) is None  # unreachable: 2 tries, then None + warning
+    assert capsys.readouterr().err.count("judge failed after 2 tries: APIConnectionError") == 1
+
+
+def trl_advantages(total: torch.Tensor, g: int) -> torch.Tensor:
+    """TRL's default (sum_then_normalize, scale_rewards="group"): (r - group mean) / (group std, unbiased, + 1e-4)."""
+    grouped = total.view(-1, g)
+    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).flatten()
+
+
+def capture_trainers(monkeypatch) -> list:
+    import trl
+
+    trainers, original = [], trl.GRPOTrainer.train
+
+    def train(self, *args, **kwargs):
+        trainers.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.GRPOTrainer, "train", train)
+    return trainers
+
+
+def assert_trained(initial: str, out):
+    before, after = load_file(f"{initial}/model.safetensors"), load_file(f"{out}/model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_grpo_sd15_in_process_failed_judge_is_neutral(
+    tiny_qwen2, tiny_sd15, tiny_scorers, openai_server, monkeypatch, tmp_path, capsys
+):
+    for k, v in {**tiny_scorers.env, "OPENAI_API_KEY": "test"}.items():
+        monkeypatch.setenv(k, v)
+    counter = itertools.count()
+
+    def judge(body):  # step 2's four calls: 0, bad JSON (fails: no retries), 10, 3
+        k = next(counter)
+        return "not json {" if k == 5 else json.dumps({"reasoning": "ok", "score": [0, 5, 10, 3][k % 4]})
+
+    openai_server.chat_handler = judge
+    trainers, out = capture_trainers(monkeypatch), tmp_path / "run"
+    smoke = str(REPO / "recipes" / "r1_prompter_smoke.yaml")
+    r1.main(["--config", smoke, "--gpt_path", tiny_qwen2, "--data", PROMPTS, "--sdmodel_name", tiny_sd15, "--outdir", str(out),
+             "--judge_model", "j", "--judge_base_url", openai_server.base_url, "--judge_retries", "0"])  # fmt: skip
+    assert_trained(tiny_qwen2, out)
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["step000000.png", "step000001.png"]
+    assert [float(log["judge/failures"]) for log in loss_logs(capsys.readouterr().out)] == [0.0, 1.0]
+    logs = trainers[0]._logs  # the last generation batch (step 2): one group of 4
+    raw = list(logs["extra"]["judge_raw"])
+    assert sorted(raw, key=str) == sorted([-1.0, None, 1.0, -0.4], key=str)
+    ok = [s for s in raw if s is not None]
+    filled = torch.tensor([s if s is not None else sum(ok) / len(ok) for s in raw])  # the group-mean judge score
+    assert torch.allclose(torch.tensor(list(logs["rewards"]["judge_reward"])), filled)
+    parts = [torch.tensor(list(logs["rewards"][f])) for f in ("format_reward", "length_reward", "image_reward")]
+    total = parts[0] + parts[1] + parts[2] + 0.5 * filled  # reward weights 1, 1, 1, 0.5
+    expected = trl_advantages(total, 4)
+    assert torch.allclose(torch.tensor(list(logs["advantages"])), expected, atol=1e-5)
+    # the same group with None -> 0 (the old behaviour) would move every advantage
+    assert not torch.allclose(
+        trl_advantages(total - 0.5 * filled * torch.tensor([s is None for s in raw]), 4), expected
+    )
+
+
+########################
+# ModelConfig flags (issue 16 item 3)
+########################
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "stage, flags, expected",
+    [
+        ("grpo", ["--attn_implementation", "eager", "--model_revision", "v1.0", "--trust_remote_code", "true",
+                  "--load_in_4bit", "true", "--use_peft", "true", "--dtype", "bfloat16"],
+         dict(attn_implementation="eager", revision="v1.0", trust_remote_code=True, dtype=torch.bfloat16, quant="4bit")),
+        ("sft", ["--load_in_8bit", "true", "--use_peft", "true", "--attn_implementation", "sdpa"],
+         dict(attn_implementation="sdpa", revision="main", trust_remote_code=False, dtype=torch.float32, quant="8bit")),
+    ],
+)  # fmt: skip
+def test_model_flags_reach_from_pretrained(
+    stage, flags, expected, tiny_qwen2, tiny_sd15, tiny_scorers, monkeypatch, tmp_path
+):
+    from transformers import PreTrainedModel
+
+    for k, v in tiny_scorers.env.items():
+        monkeypatch.setenv(k, v)
+    calls, original = [], PreTrainedModel.from_pretrained.__func__
+
+    def from_pretrained(cls, path, *args, **kwargs):
+        if str(path) == tiny_qwen2:
+            calls.append(kwargs)
+            raise Stop
+        return original(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(from_pretrained))
+    data = tmp_path / "sft.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "a cat", "completion": f"<think>t</think><answer>{'w ' * 20}</answer>"}) + "\n"
+    )
+    argv = ["--stage", stage, "--gpt_path", tiny_qwen2, "--outdir", str(tmp_path / "o"), "--report_to", "none", *flags]
+    argv += (
+        ["--data", str(data)]
+        if stage == "sft"
+        else ["--data", PROMPTS, "--sdmodel_name", tiny_sd15, "--image_metrics", "clip"]
+    )
+    with pytest.raises(Stop):
+        r1.main(argv)
+    kw = calls[0]
+    quant = kw.pop("quantization_config")
+    assert (quant.load_in_4bit, quant.load_in_8bit) == (expected["quant"] == "4bit", expected["quant"] == "8bit")
+    assert {k: kw[k] for k in ("attn_implementation", "revision", "trust_remote_code", "dtype")} == {
+        k: v for k, v in expected.items() if k != "quant"
+    }
+
+
+def test_policy_dtype_bf16_only_where_deepspeed_keeps_fp32_master_weights():
+    from trl import ModelConfig
+
+    for kind, bf16, dtype in (("DEEPSPEED", True, "bfloat16"), ("MULTI_GPU", True, "float32"), ("DEEPSPEED", False, "float32")):  # fmt: skip
+        ta = type("TA", (), dict(bf16=bf16, trust_remote_code=False, model_init_kwargs=None,
+                                 distributed_state=type("S", (), {"distributed_type": kind})()))()  # fmt: skip
+        assert r1.model_init_kwargs(ModelConfig(dtype=None), ta)["dtype"] == dtype
+
+
+########################
+# SFT cold start (issue 16 item 8): teacher data -> SFT -> greedy inference -> GRPO
+########################
+CUBE = "a red cube on top of a blue sphere"
+TEACHER = ("<think>the request names one cube and one sphere ; keep both</think>\n<answer>a {} cube on top of a blue sphere , "
+           "two dogs and three birds on a green bench , cinematic lighting , highly detailed , sharp focus</answer>")  # fmt: skip
+
+
+def completion_nll(model_dir: str, records: list[dict]) -> float:
+    """Mean NLL of the completion tokens (+ <|im_end|>) after the chat prompt, computed here from the chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    losses = []
+    for r in records:
+        msgs = [{"role": "system", "content": r1.SYSTEM_PROMPT}, {"role": "user", "content": r["prompt"]}]
+        prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": r["completion"]}], tokenize=False)
+        assert full.startswith(prompt) and full[len(prompt) :].startswith(r["completion"] + "<|im_end|>")
+        p_ids, ids = tok(prompt)["input_ids"], tok(full, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(p_ids) - 1 : -1]
+        losses.append(torch.nn.functional.cross_entropy(logits, ids[0, len(p_ids) :]).item())
+    return sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def sft_chain(tiny_qwen2, _openai_server_session, tmp_path_factory):
+    """--make_sft_data against the loopback teacher (12 calls: 1 fails, 1 malformed, 1 too short, 9 kept, three
+    colours), then --stage sft on what was kept (in process; tiny, so lr 5e-3 for 80 steps instead of 1e-5 x 1 epoch)."""
+    server, tmp = _openai_server_session, tmp_path_factory.mktemp("sft_chain")
+    server.reset()
+    counter = itertools.count()
+
+    def teacher(body):
+        k = next(counter)
+        if k == 3:
+            return "<think>plan <answer>a cube</think><answer>a red cube, two dogs</answer>"
+        return (
+            "<think>short</think><answer>a cube</answer>"
+            if k == 7
+            else TEACHER.format(["red", "purple", "yellow"][k % 3])
+        )
+
+    server.chat_handler = teacher
+    server.fail_next(1, "500")
+    (tmp / "prompts.txt").write_text(f"{CUBE}\n" * 12)
+    env = {"OPENAI_API_KEY": "test"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            r1.main(["--make_sft_data", str(tmp / "sft.jsonl"), "--data", str(tmp / "prompts.txt"), "--teacher_model", "t",
+                     "--teacher_base_url", server.base_url, "--judge_retries", "0"])  # fmt: skip
+        requests = list(server.requests)
+        server.reset()
+        r1.main(["--stage", "sft", "--gpt_path", tiny_qwen2, "--data", str(tmp / "sft.jsonl"), "--outdir", str(tmp / "sft"),
+                 "--max_steps", "80", "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
+                 "--per_device_train_batch_size", "9", "--gradient_accumulation_steps", "1", "--report_to", "none",
+                 "--save_strategy", "no", "--gradient_checkpointing", "false"])  # fmt: skip
+    return dict(dir=tmp, report=out.getvalue(), requests=requests, model=str(tmp / "sft"))
+
+
+def test_sft_chain_data_loss_inference(sft_chain, tiny_qwen2, capsys):
+    assert (
+        sft_chain["report"]
+        .strip()
+        .endswith(
+            f"kept 9 of 12 (1 calls failed, 1 malformed, 1 outside 16-76 words) -> {sft_chain['dir'] / 'sft.jsonl'}"
+        )
+    )
+    teacher_msgs = sft_chain["requests"][0][2]["messages"]
+    assert teacher_msgs[0]["content"].startswith(r1.SYSTEM_PROMPT) and teacher_msgs[1] == {
+        "role": "user",
+        "content": CUBE,
+    }
+    records = [json.loads(line) for line in (sft_chain["dir"] / "sft.jsonl").read_text().splitlines()]
+    assert len(records) == 9 and r1.format_reward([r["completion"] for r in records]) == [1.0] * 9
+    assert {r["completion"] for r in records} == {TEACHER.format(c) for c in ("red", "purple", "yellow")}
+    before, after = completion_nll(tiny_qwen2, records), completion_nll(sft_chain["model"], records)
+    assert after < 0.1 < 5 < before  # ~log(vocab) before; only the colour (log 3 over ~60 tokens) remains after
+    r1.main([CUBE, "--gpt_path", sft_chain["model"], "--max_new_tokens", "120"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == "reasoning: the request names one cube and one sphere ; keep both"
+    assert lines[-1] in {r1.extract_answer(TEACHER.format(c)) for c in ("red", "purple", "yellow")}
+
+
+def test_grpo_image_reward_alone_separates_a_group(sft_chain, tiny_sd15, tiny_scorers, monkeypatch, tmp_path):
+    """From the SFT model, completions differ only in the colour they write: format and length are equal in a group,
+    so the tiny SD1.5 + tiny CLIP image reward (a score that depends on the rendered prompt) alone sets the advantages."""
+    for k, v in tiny_scorers.env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "p.txt").write_text(f"{CUBE}\n{CUBE}\n")  # two groups per step
+    trainers = capture_trainers(monkeypatch)
+    r1.main(["--gpt_path", sft_chain["model"], "--data", str(tmp_path / "p.txt"), "--sdmodel_name", tiny_sd15, "--outdir",
+             str(tmp_path / "run"), "--max_steps", "1", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+             "--max_completion_length", "128", "--height", "64", "--width", "64", "--num_inference_steps", "2",
+             "--image_metrics", "clip", "--log_images_every", "0", "--report_to", "none", "--save_strategy", "no",
+             "--gradient_checkpointing", "false"])  # fmt: skip
+    logs = trainers[0]._logs
+    fmt, length, image = (
+        torch.tensor(list(logs["rewards"][f])) for f in ("format_reward", "length_reward", "image_reward")
+    )
+    adv = torch.tensor(list(logs["advantages"]))
+    assert torch.allclose(adv, trl_advantages(fmt + length + image, 4), atol=1e-5)
+    separated = 0
+    for g in range(2):
+        s = slice(4 * g, 4 * g + 4)
+        if fmt[s].unique().numel() == length[s].unique().numel() == 1 and image[s].max() - image[s].min() > 1e-5:
+            separated += 1  # the advantage ordering is the image reward ordering (beyond batch-noise ties)
+            for i, j in itertools.combinations(range(4 * g, 4 * g + 4), 2):
+                if abs(image[i] - image[j]) > 1e-6:
+                    assert (adv[i] > adv[j]) == (image[i] > image[j])
+    assert separated >= 1
+
+
+########################
+# GRPO runs (issue 14 CPU smoke without device flags; issue 15 two processes)
+########################
+def train_args(pipe, out, extra=()):
+    return [
+        "--data", PROMPTS, "--sdmodel_name", pipe, "--outdir", str(out), "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--gradient_accumulation_steps", "1",
+        "--max_completion_length", "12", "--report_to", "none", "--save_strategy", "no", "--height", "64", "--width", "64",
+        "--num_inference_steps", "2", "--image_metrics", "imagereward:1,clip:0.5", "--log_images_every", "1",
+        "--logging_steps", "1", "--learning_rate", "1e-3", "--gradient_checkpointing", "false", *extra,
+    ]  # fmt: skip
+
+
+def cycling_judge(server):
+    """Judge answers 0, 5, 10, 0, ... so a group's rewards differ (the tiny policy writes no answers: its images, one
+    per group seed, are identical, and GRPO would see zero advantage without a judge that varies)."""
+    counter = itertools.count()
+    server.chat_handler = lambda body: json.dumps({"reasoning": "ok", "score": 5 * (next(counter) % 3)})
+
+
+def test_grpo_flux_cpu_smoke_no_device_flags(tiny_qwen2, tiny_flux, tiny_scorers, openai_server, tmp_path):
+    cycling_judge(openai_server)
+    openai_server.fail_next(1, "500")  # one judge call fails (no retries): it takes its group's mean
+    out = tmp_path / "run"
+    extra = ["--judge_model", "judge", "--judge_base_url", openai_server.base_url, "--judge_retries", "0"]
+    cmd = launch("r1_prompter.py", "--gpt_path", tiny_qwen2, *train_args(tiny_flux, out, extra))
+    res = run_command(cmd, env={**tiny_scorers.env, "OPENAI_API_KEY": "test"})
+    assert "note: no CUDA device: training on the CPU in fp32 (use_cpu=True, bf16=False)" in res.stderr
+    assert_trained(tiny_qwen2, out)
+    logs = loss_logs(res.stdout)
+    assert len(logs) == 2 and "rewards/image_reward/mean" in logs[0] and "image/imagereward" in logs[0]
+    assert [float(log["judge/failures"]) for log in logs] == [1.0, 0.0]
+    judged = [r for r in openai_server.requests if r[1].endswith("/chat/completions")]
+    assert len(judged) == 8 and len(openai_server.images_in(judged[0][2])) == 1
+    # step 1: the others score 0, 5, 10 -> -1, 0, 1 and the failed one their mean 0; step 2: 0, 5, 10, 0 -> -0.25
+    assert [float(log["rewards/judge_reward/mean"]) for log in logs] == pytest.approx([0.0, -0.25])
+
+
+def test_two_processes_and_resume(tiny_qwen2, tiny_sd15, tiny_scorers, openai_server, tmp_path):
+    """2 gloo ranks x 2 completions: one group of 4 spans both ranks at every step."""
+    cycling_judge(openai_server)
+    openai_server.fail_next(2, "500")  # two of step 1's four judge calls fail, whichever rank sent them
+    out, env = tmp_path / "run", {**tiny_scorers.env, "OPENAI_API_KEY": "test"}
+    args = ["--gpt_path", tiny_qwen2, *train_args(tiny_sd15, out), "--per_device_train_batch_size", "2", "--image_metrics",
+            "clip", "--judge_model", "j", "--judge_base_url", openai_server.base_url, "--judge_retries", "0",
+            "--save_strategy", "steps", "--save_steps", "2"]  # fmt: skip
+    res = run_command(launch("r1_prompter.py", *args, num_processes=2), env=env)
+    assert "2 process(es)" in res.stdout and res.stderr.count("note: no CUDA device") == 1
+    logs = loss_logs(res.stdout)
+    assert [float(log["judge/failures"]) for log in logs] == [2.0, 0.0]  # a count over both ranks, not a mean
+    rows = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["rank"]) for r in rows] == [(0, 0), (0, 0), (0, 1), (0, 1), (1, 0), (1, 0), (1, 1), (1, 1)]
+    for step, log in enumerate(logs):
+        group = [r for r in rows if r["step"] == step]
+        assert len({r["prompt"] for r in group}) == 1  # one group, rendered half by each rank ...
+        assert {r["seed"] for r in group} == {zlib.crc32(f"42|{step}|{group[0]['prompt']}".encode())}  # ... same seed
+        # TRL's logged reward mean is over both ranks' rows
+        assert float(log["rewards/image_reward/mean"]) == pytest.approx(
+            sum(r["image_reward"] for r in group) / 4, abs=1e-4
+        )
+    grid = Image.open(out / "grids" / "step000001.png")  # both ranks' images in the main process's grid
+    assert grid.size == (64, 4 * (64 + 92))
+    assert [p.name for p in out.iterdir() if p.name.startswith("checkpoint")] == ["checkpoint-2"]
+    # resume with 2 processes: step 3 only, then the final model
+    res = run_command(launch("r1_prompter.py", *args, "--max_steps", "3", "--resume_from_checkpoint", str(out / "checkpoint-2"), num_processes=2), env=env)  # fmt: skip
+    rows = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0] * 4 + [1] * 4 + [2] * 4 and len(loss_logs(res.stdout)) == 1
+    assert_trained(tiny_qwen2, out)
+
+
+########################
+# inference and evaluation
+########################
+def test_inference_prompts_anywhere_each_rendered(tiny_qwen2, tiny_sd15, tmp_path):
+    from diffusers import DiffusionPipeline
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    png, prompts = tmp_path / "out.png", ["a red cube on top of a blue sphere", "two dogs"]
+    res = run_command(["r1_prompter.py", "--gpt_path", tiny_qwen2, prompts[0], "--max_new_tokens", "8", "--sdmodel_name",
+                       tiny_sd15, prompts[1], "--generate_image", str(png), "--height", "64", "--width", "64",
+                       "--num_inference_steps", "2"])  # fmt: skip
+    tok, model = AutoTokenizer.from_pretrained(tiny_qwen2), AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    ids = tok.apply_chat_template(r1.build_messages(prompts[0]), add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+    text = tok.decode(
+        model.generate(ids, do_sample=False, max_new_tokens=8)[0, ids.shape[1] :], skip_special_tokens=True
+    )
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"reasoning: {' '.join(text.split())}"
+    assert lines[-2:] == prompts  # the tiny model writes no answer: each prompt is kept
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd15)  # every prompt rendered with image_seed, in one batched call
+    gens = [torch.Generator().manual_seed(42) for _ in prompts]
+    refs = pipe(prompts, generator=gens, height=64, width=64, num_inference_steps=2, guidance_scale=3.5).images
+    for i, ref in enumerate(refs):
+        got = Image.open(tmp_path / f"out_{i}.png")
+        assert got.size == (64, 64) and list(got.getdata()) == list(ref.getdata())
+
+
+def test_eval_renders_the_reprompt(tiny_qwen2, tiny_sd15, tiny_scorers, monkeypatch, tmp_path, capsys):
+    import score
+
+    for k, v in tiny_scorers.env.items():
+        monkeypatch.setenv(k, v)
+    answer = "a small white boat left of a tall black tower"
+    monkeypatch.setattr(r1, "reprompt", lambda m, t, ps, n: [f"<think>t</think><answer>{answer}</answer>"] * len(ps))
+    (tmp_path / "p.txt").write_text("a cat in the rain\ntwo dogs\n")
+    r1.main(["--eval_prompts", str(tmp_path / "p.txt"), "--gpt_path", tiny_qwen2, "--sdmodel_name", tiny_sd15,
+             "--outdir", str(tmp_path / "ev"), "--n_images", "2", "--image_metrics", "clip",
+             "--height", "64", "--width", "64", "--num_inference_steps", "2"])  # fmt: skip
+    data = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    from diffusers import DiffusionPipeline
+
+    pipe, scorer = DiffusionPipeline.from_pretrained(tiny_sd15), score.load_scorer("clip")
+    for rec in data["prompts"]:  # one plain pipeline call per prompt, as the script batches them, same seeds
+        assert rec["reprompt"] == answer and rec["seeds"] == [42, 43]
+        gens = [torch.Generator().manual_seed(s) for s in (42, 43, 42, 43)]
+        images = pipe([rec["prompt"]] * 2 + [answer] * 2, generator=gens, height=64, width=64, num_inference_steps=2,
+                      guidance_scale=3.5).images  # fmt: skip
+        assert rec["original"]["clip"] == pytest.approx(scorer(images[:2], [rec["prompt"]] * 2), abs=1e-5)
+        assert rec["reprompted"]["clip"] == pytest.approx(
+            scorer(images[2:], [rec["prompt"]] * 2), abs=1e-5
+        )  # vs original
+        assert rec["reprompted"]["clip"] != pytest.approx(rec["original"]["clip"], abs=1e-4)
+    mean = sum(v for r in data["prompts"] for v in r["reprompted"]["clip"]) / 4
+    assert data["means"]["clip"]["reprompted"] == pytest.approx(mean)
+    assert Image.open(tmp_path / "ev" / "eval_grid.png").size == (4 * 64, 2 * (64 + 92))
+    assert "clip" in capsys.readouterr().out
+
+
+########################
+# CLI: --help, bad input in one line before any weights load (issue 14)
+########################
+def test_help_lists_own_flags_first_grouped(capsys):
+    with pytest.raises(SystemExit) as exc:
+        r1.main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and out.startswith("usage: python r1_prompter.py [PROMPT ...]")
+    titles = ["data and models:", "rewards:", "SFT cold start:", "inference and evaluation:", "trainer options (TRL GRPOConfig"]  # fmt: skip
+    assert [out.index(t) for t in titles] == sorted(out.index(t) for t in titles)
+    assert (
+        out.index("--gpt_path") < out.index("--judge_model") < out.index("--n_images") < out.index("--learning_rate")
+    )
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Any from_pretrained of weights fails the test (the checks must run before loading)."""
+    import diffusers
+    import peft
+    import transformers
+
+    def guard(*args, **kwargs):
+        raise AssertionError("weights loaded")
+
+    for cls in (transformers.PreTrainedModel, diffusers.DiffusionPipeline, diffusers.ModelMixin, peft.PeftModel):
+        monkeypatch.setattr(cls, "from_pretrained", guard)
+
+
+BAD = {  # case -> (argv, expected message); {qwen} {sd} {tmp} {prompts} filled in
+    "gpt_missing": (["--gpt_path", "/no/such/model", "--data", "{prompts}", "--sdmodel_name", "{sd}"], "--gpt_path: no such folder: /no/such/model"),
+    "gpt_not_model": (["--gpt_path", "{tmp}", "--data", "{prompts}", "--sdmodel_name", "{sd}"], "is not a model folder"),
+    "infer_prompt_after_option": (["--gpt_path", "./no/such", "a prompt"], "--gpt_path: no such folder: ./no/such"),
+    "infer_bad_flag": (["--gpt_path", "{qwen}", "a cat", "--max_new_token", "3"], "unrecognised arguments: --max_new_token"),
+    "infer_max_new_tokens": (["a cat", "--gpt_path", "{qwen}", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
+    "infer_sd_missing": (["a cat", "--gpt_path", "{qwen}", "--generate_image", "{tmp}/o.png", "--sdmodel_name", "./nope"], "no such folder: ./nope"),
+    "eval_n_images": (["--eval_prompts", "{prompts}", "--gpt_path", "{qwen}", "--sdmodel_name", "{sd}", "--n_images", "0"], "--n_images must be >= 1"),
+    "eval_bad_int": (["--eval_prompts", "{prompts}", "--gpt_path", "{qwen}", "--n_images", "two"], "invalid int value: 'two'"),
+    "image_batch_size": (["--image_batch_size", "0"], "--image_batch_size must be >= 1"),
+    "words": (["--min_words", "10", "--max_words", "5"], "need --max_words >= --min_words"),
+    "metric": (["--image_metrics", "imagereward,nope"], "unknown metric 'nope'"),
+    "data_missing": (["--data", "{tmp}/nope.txt"], "data file not found"),
+    "data_empty": (["--data", "{tmp}/empty.txt"], "no prompts in"),
+    "data_json_syntax": (["--data", "{tmp}/bad.json"], "bad.json: line 1 column 10: invalid JSON"),
+    "data_record": (["--data", "{tmp}/bad.jsonl"], "bad.jsonl: record 2: expected a string prompt"),
+    "judge_key": (["--judge_model", "gpt-4o"], "OPENAI_API_KEY"),
+    "not_t2i": (["--sdmodel_name", "{tmp}/img2img"], "is a StableDiffusionImg2ImgPipeline, not a text-to-image pipeline"),
+    "stage": (["--stage", "rl"], "unknown --stage 'rl'"),
+    "sft_record": (["--stage", "sft", "--data", "{tmp}/bad_sft.jsonl"], "bad_sft.jsonl: record 1: completion fails the format or length reward"),
+    "teacher": (["--make_sft_data", "{tmp}/o.jsonl", "--data", "{prompts}"], "--make_sft_data needs --teacher_model"),
+    "vllm": (["--use_vllm", "true"], "--use_vllm needs vLLM"),
+    "quant_no_peft": (["--load_in_4bit", "true"], "add --use_peft true"),
+    "generations": (["--num_generations", "3"], "num_generations"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_before_weights(case, tiny_qwen2, tiny_sd15, tmp_path, capsys, monkeypatch, no_weights):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "bad.json").write_text('["a cat" "two dogs"]')
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    (tmp_path / "bad_sft.jsonl").write_text(json.dumps({"prompt": "a", "completion": "<answer>a cat</answer>"}) + "\n")
+    shutil.copytree(tiny_sd15, tmp_path / "img2img")
+    index = json.loads((tmp_path / "img2img" / "model_index.json").read_text())
+    (tmp_path / "img2img" / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionImg2ImgPipeline"}))  # fmt: skip
+    argv, expected = BAD[case]
+    if not any(
+        a in argv for a in ("--gpt_path", "--eval_prompts", "--make_sft_data")
+    ):  # a training run otherwise fine
+        argv = ["--gpt_path", "{qwen}", "--data", "{prompts}", "--sdmodel_name", "{sd}", "--image_metrics", "clip",
+                "--per_device_train_batch_size", "4", "--outdir", "{tmp}/out", *argv]  # fmt: skip
+    fill = dict(qwen=tiny_qwen2, sd=tiny_sd15, tmp=str(tmp_path), prompts=PROMPTS)
+    with pytest.raises(SystemExit) as exc:
+        r1.main([a.format(**fill) for a in argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+
+
+def test_bad_input_subprocess():
+    res = run_command(["r1_prompter.py", "--gpt_path", "/no/such/model", "--data", PROMPTS], check=False)
+    assert res.returncode == 2 and res.stderr == "error: --gpt_path: no such folder: /no/such/model\n"
+    assert "Traceback" not in res.stdout + res.stderr
