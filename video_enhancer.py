@@ -92,7 +92,7 @@ class ScriptArguments:
     data: str | None = field(
         default=None, metadata={"help": 'JSON/JSONL {"simple", "detailed"}, seed layout, prompts.'}
     )
-    sft_adapter: str | None = field(default=None, metadata={"help": f"rl: stage-1 LoRA (default {SFT_OUTPUT})."})
+    sft_adapter: str | None = field(default=None, metadata={"help": f"rl: stage-1 LoRA (unset: {SFT_OUTPUT})."})
     # video generation
     video_backend: str = field(default="diffusers", metadata={"help": "diffusers (local) or openai (/videos API)."})
     video_model: str = field(default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", metadata={"help": "Pipeline or API model."})
@@ -581,6 +581,10 @@ def rl(args: ScriptArguments, training_args, model_args):
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=training_args, train_dataset=dataset, peft_config=peft_config
     )
+    n = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * ps.num_processes
+    if ps.is_main_process:
+        print(f"{len(simple)} prompts; {n} completions per optimizer step = {n // training_args.num_generations} groups "
+              f"x {training_args.num_generations}, {training_args.per_device_train_batch_size} per process x {ps.num_processes}")  # fmt: skip
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     except BaseException as e:
