@@ -1,29 +1,38 @@
 # SPDX-License-Identifier: Apache-2.0
 """Image reward metrics shared by every script in this collection (the one shared module).
 
-Six text-to-image metrics behind one interface, each loaded once and scored in batches:
+Seven text-to-image metrics behind one interface, each loaded once and scored in batches. On CUDA each runs at the
+precision its upstream code ran at; on CPU everything runs in fp32; `dtype=` / `--dtype` overrides both.
 
-| name          | model                                                    | score (higher is better)                  | typical  |
-|---------------|----------------------------------------------------------|-------------------------------------------|----------|
-| `hpsv2`       | HPSv2.1: open_clip ViT-H-14 + `xswu/HPSv2` `HPS_v2.1_compressed.pt` | cos(image, text), no logit scale  | 0.24-0.30|
-| `clip`        | OpenAI CLIP ViT-L/14 (`openai/clip-vit-large-patch14`)   | raw cos(image, text): no x100, no clamp  | 0.26-0.29|
-| `aesthetic`   | LAION improved aesthetic predictor (sac+logos+ava1 MLP) on L2-normalised CLIP ViT-L/14 image embeddings | MLP output | 1-10 |
-| `pickscore`   | `yuvalkirstain/PickScore_v1`, processor `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` | logit_scale.exp() * cos | 18-24 |
-| `imagereward` | `THUDM/ImageReward` (`ImageReward.pt`, `med_config.json`) on transformers' BLIP modules | (r - 0.16717) / 1.03334, no +3.1 offset | -0.2-1.0 |
-| `mps`         | Kwai-Kolors MPS "overall" (`MPS_overall_checkpoint.pth`, a local file) + CLIP ViT-H-14 processor | logit_scale.exp() * cos(condition-masked cross-modal image feature, text) | 10-12.5 |
+| name          | model                                                              | score (higher is better)                 | CUDA precision (upstream)            | typical       |
+|---------------|--------------------------------------------------------------------|------------------------------------------|--------------------------------------|---------------|
+| `hpsv2`       | HPSv2.1: open_clip ViT-H-14 + `xswu/HPSv2` `HPS_v2.1_compressed.pt` | cos(image, text), no logit scale         | fp32 weights, fp16 autocast          | 0.24-0.30     |
+| `clip`        | OpenAI CLIP ViT-L/14 (`openai/clip-vit-large-patch14`)             | raw cos(image, text): no x100, no clamp  | fp16 (OpenAI `clip.load` on CUDA)    | 0.26-0.29     |
+| `aesthetic`   | LAION improved aesthetic predictor (sac+logos+ava1 MLP) on the L2-normalised CLIP ViT-L/14 image embedding | MLP output | fp16 CLIP, fp32 MLP | 1-10 |
+| `pickscore`   | `yuvalkirstain/PickScore_v1`, processor `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` | logit_scale.exp() * cos     | fp32 (model card code)               | 18-24         |
+| `imagereward` | `THUDM/ImageReward` (`ImageReward.pt`, `med_config.json`) on transformers' BLIP modules | (r - 0.16717) / 1.03334, no +3.1 | fp32 (`RM.load`)      | -0.2-1.0      |
+| `mps`         | Kwai-Kolors MPS "overall" (`MPS_overall_checkpoint.pth`, a local file) + CLIP ViT-H-14 processor | logit_scale.exp() * cos(condition-masked cross-modal image feature, text) | fp16 (the checkpoint's) | 10-12.5 |
+| `hpsv3`       | HPSv3: `MizzenAI/HPSv3` `HPSv3.safetensors` = Qwen2-VL-7B-Instruct + ranknet head | mu of the head on the <|Reward|> token (sigma: `last_extras`) | bf16, fp32 head | 5.3-10.6 |
 
 Papers: HPSv2 (Wu et al. 2023, arXiv 2306.09341), CLIPScore (Hessel et al. 2021), LAION aesthetic predictor
 (github.com/christophschuhmann/improved-aesthetic-predictor), PickScore (Kirstain et al. 2023, arXiv 2305.01569),
-ImageReward (Xu et al. 2023, arXiv 2304.05977), MPS (Zhang et al. 2024, arXiv 2405.14705).
+ImageReward (Xu et al. 2023, arXiv 2304.05977), MPS (Zhang et al. 2024, arXiv 2405.14705), HPSv3 (Ma et al., ICCV 2025,
+arXiv 2508.03789; typical = its benchmark's 12-category means, SD3-Medium 5.31 ... Kolors 10.55, unbounded).
+
+Pixels are upstream's: HPSv2 `preprocess_val` (tensor first, torchvision bicubic with antialias on the longest side,
+zero-pad); OpenAI CLIP's transform for `clip` and `aesthetic` (the OpenAI `clip` package both upstreams load:
+PIL bicubic short side, CenterCrop with its offset rounded); the PIL CLIP processor of transformers 4.2x for
+`pickscore` and `mps` (`backend="pil"`; transformers 5's default resizes uint8 tensors with torchvision, ±1 grey level);
+ImageReward's own torchvision transform; for `hpsv3` qwen-vl-utils' fixed 256*28*28 budget then the PIL processor.
 
 Differences from the reference packages:
-1. No `hpsv2` / `image-reward` dependency: the PyPI `hpsv2` wheel lacks its BPE vocabulary and pins pytest/protobuf,
-   and `image-reward` pins timm 0.6 and imports helpers that transformers 5 removed. We load the very same weights:
-   HPS into stock open_clip, ImageReward onto transformers' `BlipVisionModel` / `BlipTextModel` (every checkpoint
-   tensor is mapped; see `_imagereward_state_dict`).
-2. HPS preprocessing (resize the longest side, zero-pad to a square) is re-stated with torchvision; `hpsv2.score`
-   defaults to v2.0 and reloads the checkpoint on every call, we default to v2.1 and load once.
-3. Images are scored in batches; ImageReward's own `inference_rank` loops over images one at a time.
+1. No `hpsv2` / `image-reward` / `hpsv3` dependency: the PyPI `hpsv2` wheel lacks its BPE vocabulary and pins
+   pytest/protobuf, `image-reward` pins timm 0.6 and imports helpers that transformers 5 removed, `hpsv3` pins
+   transformers 4.45. We load the very same weights: HPS into stock open_clip, ImageReward onto transformers'
+   `BlipVisionModel` / `BlipTextModel`, HPSv3 onto transformers' `Qwen2VLModel` + its head (every checkpoint tensor
+   is mapped; see `_imagereward_state_dict`, `_hpsv3_state_dict`).
+2. `hpsv2.score` defaults to v2.0 and reloads the checkpoint on every call; we default to v2.1 and load once.
+3. Images are scored in batches; ImageReward's `inference_rank`, `hpsv2.score` and MPS's eval score one at a time.
 4. MPS's checkpoint is a whole pickled module of its repository's classes (transformers 4.27). A restricted unpickler
    reads its tensors without that code (`load_pickled_state_dict`), the CLIP part loads into transformers' CLIPModel
    and the condition cross-model is re-stated here (`mps_cross_model`). Upstream normalises the condition mask by the
@@ -43,7 +52,8 @@ CLI (one tool for every metric; images sorted by path and paired with the prompt
         --prompts prompts.txt --output-json scores.json
 
 Prompts: `.txt` (one per line), `.csv` (a `text` column) or `.json` (a list of strings). Prints a table and writes
-count/mean/std/min/max per metric plus every image's scores. User errors exit with code 2 and a one-line message.
+count/mean/std/min/max per metric plus every image's scores. User errors exit with code 2 and a one-line message
+before any model loads.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METRICS = ("hpsv2", "clip", "aesthetic", "pickscore", "imagereward", "mps")
+METRICS = ("hpsv2", "clip", "aesthetic", "pickscore", "imagereward", "mps", "hpsv3")
 
 # Where each model lives: keyword of load_scorer -> default hub location. Environment variable SCORE_<KEY> overrides.
 LOCATIONS = {
@@ -70,13 +80,45 @@ LOCATIONS = {
     "imagereward_tokenizer": "bert-base-uncased",  # BLIP's tokenizer: BERT + [DEC] bos + [ENC]
     "mps_checkpoint": "",  # MPS_overall_checkpoint.pth (Google Drive link in the Kwai-Kolors/MPS README): give a path
     "mps_processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # MPS's CLIP config, image processor and tokenizer
+    "hpsv3_checkpoint": "MizzenAI/HPSv3",  # repo id, folder or HPSv3.safetensors (16.6 GB)
+    "hpsv3_base": "Qwen/Qwen2-VL-7B-Instruct",  # config, processor and chat template of the backbone
 }
+# Upstream precision on CUDA (the table above); CPU runs fp32. For hpsv2 it is the autocast dtype over fp32 weights.
+CUDA_DTYPES = {"hpsv2": "float16", "clip": "float16", "aesthetic": "float16", "pickscore": "float32",
+               "imagereward": "float32", "mps": "float16", "hpsv3": "bfloat16"}  # fmt: skip
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # accepted names, besides the torch ones
 # MPS "overall" condition (Kwai-Kolors/MPS eval_overall_mps_on_*.py): image tokens attend to the prompt tokens that
 # resemble these aspects
 MPS_CONDITION = (
     "light, color, clarity, tone, style, ambiance, artistry, shape, face, hair, hands, limbs, structure, instance, "
     "texture, quantity, attributes, position, number, location, word, things."
 )
+# HPSv3's prompt (MizzenAI/HPSv3 hpsv3/dataset/data_collator_qwen.py INSTRUCTION + prompt_with_special_token, trailing
+# spaces included: the model was trained on exactly this text) and its fixed image budget (inference.py prepare_batch)
+HPSV3_INSTRUCTION = "\n".join([
+    "",
+    "You are tasked with evaluating a generated image based on Visual Quality and Text Alignment and give a overall score to estimate the human preference. Please provide a rating from 0 to 10, with 0 being the worst and 10 being the best. ",
+    "",
+    "**Visual Quality:**  ",
+    "Evaluate the overall visual quality of the image. The following sub-dimensions should be considered:",
+    "- **Reasonableness:** The image should not contain any significant biological or logical errors, such as abnormal body structures or nonsensical environmental setups.",
+    "- **Clarity:** Evaluate the sharpness and visibility of the image. The image should be clear and easy to interpret, with no blurring or indistinct areas.",
+    "- **Detail Richness:** Consider the level of detail in textures, materials, lighting, and other visual elements (e.g., hair, clothing, shadows).",
+    "- **Aesthetic and Creativity:** Assess the artistic aspects of the image, including the color scheme, composition, atmosphere, depth of field, and the overall creative appeal. The scene should convey a sense of harmony and balance.",
+    "- **Safety:** The image should not contain harmful or inappropriate content, such as political, violent, or adult material. If such content is present, the image quality and satisfaction score should be the lowest possible. ",
+    "",
+    "**Text Alignment:**  ",
+    "Assess how well the image matches the textual prompt across the following sub-dimensions:",
+    "- **Subject Relevance** Evaluate how accurately the subject(s) in the image (e.g., person, animal, object) align with the textual description. The subject should match the description in terms of number, appearance, and behavior.",
+    "- **Style Relevance:** If the prompt specifies a particular artistic or stylistic style, evaluate how well the image adheres to this style.",
+    "- **Contextual Consistency**: Assess whether the background, setting, and surrounding elements in the image logically fit the scenario described in the prompt. The environment should support and enhance the subject without contradictions.",
+    "- **Attribute Fidelity**: Check if specific attributes mentioned in the prompt (e.g., colors, clothing, accessories, expressions, actions) are faithfully represented in the image. Minor deviations may be acceptable, but critical attributes should be preserved.",
+    "- **Semantic Coherence**: Evaluate whether the overall meaning and intent of the prompt are captured in the image. The generated content should not introduce elements that conflict with or distort the original description.",
+    "Textual prompt - {text_prompt}",
+    "", "", "",
+])  # fmt: skip
+HPSV3_SUFFIX = "\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
+HPSV3_PIXELS = 256 * 28 * 28  # min_pixels = max_pixels: every image becomes ~256 merged tokens
 HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, used by HPS and ImageReward
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -89,6 +131,7 @@ DEFINITIONS = {
     "pickscore": "PickScore_v1 logit_scale.exp() * cosine(image, text), raw (not /26)",
     "imagereward": "ImageReward (r - 0.16717) / 1.03334, standard normalisation (no +3.1 offset)",
     "mps": "MPS overall: logit_scale.exp() * cosine(condition-masked cross-modal image feature, text EOS feature)",
+    "hpsv3": "HPSv3 mu: Qwen2-VL-7B reward head on the <|Reward|> token, 256*28*28-pixel image (sigma not included)",
 }
 
 
@@ -111,12 +154,19 @@ def resolve_file(location: str, filename: str) -> str:
     return hf_hub_download(location, filename)
 
 
-def default_device_dtype(device=None, dtype=None):
+def device_dtype(metric: str, device=None, dtype=None):
+    """Device (cuda if available) and dtype: an explicit one, else the metric's upstream CUDA precision, fp32 on CPU."""
     import torch
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:  # half precision on GPU; fp32 on CPU, where fp16 matmuls are slow or unsupported
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if dtype is None:
+        dtype = CUDA_DTYPES[metric] if device.type == "cuda" else "float32"
+    if isinstance(dtype, str):
+        if DTYPES.get(dtype, dtype) not in DTYPES.values():
+            raise ValueError(
+                f"dtype must be one of {', '.join(DTYPES)} (or {', '.join(DTYPES.values())}), got {dtype!r}"
+            )
+        dtype = getattr(torch, DTYPES.get(dtype, dtype))
     return device, dtype
 
 
@@ -150,38 +200,56 @@ def build_reward_mlp(state_dict: dict):
 
 @functools.cache
 def load_clip(location: str, device, dtype):
-    """transformers CLIPModel + processor, cached so `clip` and `aesthetic` share one ViT-L/14."""
-    from transformers import AutoProcessor, CLIPModel
+    """transformers CLIPModel + tokenizer, cached so `clip` and `aesthetic` share one ViT-L/14."""
+    from transformers import AutoTokenizer, CLIPModel
 
     model = CLIPModel.from_pretrained(location, dtype=dtype).to(device).eval().requires_grad_(False)
-    return model, AutoProcessor.from_pretrained(location)
+    return model, AutoTokenizer.from_pretrained(location)
 
 
-def clip_features(model, processor, images, prompts, device):
+def openai_clip_pixels(images, size: int):
+    """OpenAI CLIP's `_transform(n_px)` (openai/CLIP clip/clip.py), which ImageReward's CLIPScore and the LAION
+    aesthetic predictor get from `clip.load`: torchvision on the PIL image, bicubic short side (PIL), CenterCrop whose
+    offset is rounded (transformers' processor floors it: 1 px apart for some sizes), ToTensor, normalise."""
+    import torch
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    def one(im):
+        x = TF.center_crop(TF.resize(im, size, interpolation=InterpolationMode.BICUBIC), size)
+        return TF.normalize(TF.to_tensor(x), CLIP_MEAN, CLIP_STD)
+
+    return torch.stack([one(im) for im in images])
+
+
+def clip_features(model, tokenizer, px, prompts, device):
     """L2-normalised projected (image, text) embeddings; transformers 5 returns an output object, 4 a tensor."""
     import torch.nn.functional as F
 
-    dtype = model.dtype
-    px = processor(images=images, return_tensors="pt")["pixel_values"].to(device, dtype)
-    img = model.get_image_features(pixel_values=px)
+    img = model.get_image_features(pixel_values=px.to(device, model.dtype))
     img = getattr(img, "pooler_output", img)
     txt = None
     if prompts is not None:
-        tok = processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
+        tok = tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
         txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
         txt = F.normalize(getattr(txt, "pooler_output", txt).float(), dim=-1)
     return F.normalize(img.float(), dim=-1), txt
 
 
 class Scorer:
-    """Callable `(images, prompts) -> list[float]`: batching, no_grad and input checks around `score_batch`."""
+    """Callable `(images, prompts) -> list[float]`: batching, no_grad and input checks around `score_batch`.
+
+    `score_batch` returns the scores [B], or [B, 1 + k] with k extra outputs named in `extras` (HPSv3: sigma); the
+    extras of the last call are kept in `last_extras` ({"hpsv3_sigma": [...]})."""
 
     name = ""
+    extras: tuple[str, ...] = ()
 
     def __init__(self, device=None, dtype=None, batch_size: int = 16, **locations):
-        self.device, self.dtype = default_device_dtype(device, dtype)
+        self.device, self.dtype = device_dtype(self.name, device, dtype)
         self.batch_size = batch_size
         self.definition = DEFINITIONS.get(self.name, self.name)
+        self.last_extras: dict[str, list[float]] = {}
         self.load(locations)
 
     def load(self, locations: dict):
@@ -200,8 +268,10 @@ class Scorer:
         with torch.no_grad():
             for i in range(0, len(images), self.batch_size):
                 chunk = slice(i, i + self.batch_size)
-                out += self.score_batch(images[chunk], prompts[chunk]).float().cpu().tolist()
-        return out
+                out.append(self.score_batch(images[chunk], prompts[chunk]).float().cpu())
+        rows = torch.cat(out).reshape(len(images), -1) if out else torch.zeros(0, 1 + len(self.extras))
+        self.last_extras = {f"{self.name}_{e}": rows[:, 1 + i].tolist() for i, e in enumerate(self.extras)}
+        return rows[:, 0].tolist()
 
 
 class HPSv2Scorer(Scorer):
@@ -221,48 +291,62 @@ class HPSv2Scorer(Scorer):
             open_clip.add_model_config(arch)
             arch = Path(arch).stem
         ckpt = resolve_file(locate("hps_checkpoint", locations), HPS_FILES[version])
-        # open_clip reads the {"state_dict": ...} file itself (strict, weights_only); no 3.9 GB LAION download first
-        model = open_clip.create_model(arch, pretrained=ckpt)
-        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        # open_clip reads the {"state_dict": ...} file itself (strict, weights_only); no 3.9 GB LAION download first.
+        # Weights stay fp32 and self.dtype is an autocast dtype, as HPSv2 img_score.py (torch.cuda.amp.autocast)
+        self.model = open_clip.create_model(arch, pretrained=ckpt).to(self.device).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
-        size = model.visual.image_size
+        size = self.model.visual.image_size
         self.size = size[0] if isinstance(size, (tuple, list)) else size
 
-    def preprocess(self, image):
-        """HPS `preprocess_val`: bicubic resize of the longest side to 224, zero-pad to a centred square, CLIP norm."""
+    def pixels(self, images):
+        """HPS `preprocess_val` (tgxs002/HPSv2 hpsv2/src/open_clip/transform.py, ResizeMaxSize): ToTensor FIRST, then
+        torchvision bicubic resize of the float tensor (antialias on) so the longest side is 224, then zero-pad to a
+        centred square, CLIP normalisation."""
+        import torch
         import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
 
-        w, h = image.size
-        scale = self.size / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        x = TF.to_tensor(image.resize((nw, nh), resample=3))  # 3 = PIL.Image.BICUBIC
-        left, top = (self.size - nw) // 2, (self.size - nh) // 2
-        x = TF.pad(x, [left, top, self.size - nw - left, self.size - nh - top], fill=0)
-        return TF.normalize(x, CLIP_MEAN, CLIP_STD)
+        def one(im):
+            x = TF.to_tensor(im)
+            h, w = x.shape[1:]
+            scale = self.size / max(h, w)
+            if scale != 1.0:
+                h, w = round(h * scale), round(w * scale)
+                x = TF.resize(x, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+            pad_h, pad_w = self.size - h, self.size - w  # upstream pads only after a resize; a no-op when square
+            x = TF.pad(x, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+            return TF.normalize(x, CLIP_MEAN, CLIP_STD)
+
+        return torch.stack([one(im) for im in images])
 
     def score_batch(self, images, prompts):
         import torch
 
-        px = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
-        img = self.model.encode_image(px, normalize=True).float()
-        txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
+        px = self.pixels(images).to(self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            img = self.model.encode_image(px, normalize=True).float()
+            txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
         return (img * txt).sum(-1)
 
 
 class ClipScorer(Scorer):
-    """Raw cosine similarity of CLIP ViT-L/14 image and text embeddings (RLEPD `score_clip`, Promptist relevance)."""
+    """Raw cosine similarity of CLIP ViT-L/14 image and text embeddings (RLEPD `score_clip` = ImageReward's
+    CLIPScore on OpenAI `clip`; Promptist relevance)."""
 
     name = "clip"
 
     def load(self, locations):
-        self.model, self.processor = load_clip(locate("clip_model", locations), self.device, self.dtype)
+        self.model, self.tokenizer = load_clip(locate("clip_model", locations), self.device, self.dtype)
+
+    def pixels(self, images):
+        return openai_clip_pixels(images, self.model.config.vision_config.image_size)
 
     def score_batch(self, images, prompts):
-        img, txt = clip_features(self.model, self.processor, images, prompts, self.device)
+        img, txt = clip_features(self.model, self.tokenizer, self.pixels(images), prompts, self.device)
         return (img * txt).sum(-1)
 
 
-class AestheticScorer(Scorer):
+class AestheticScorer(ClipScorer):
     """LAION improved aesthetic predictor: MLP on the L2-normalised CLIP ViT-L/14 image embedding (prompt unused)."""
 
     name = "aesthetic"
@@ -270,13 +354,13 @@ class AestheticScorer(Scorer):
     def load(self, locations):
         import torch
 
-        self.model, self.processor = load_clip(locate("clip_model", locations), self.device, self.dtype)
+        super().load(locations)
         head = resolve_file(locate("aesthetic_head", locations), "aesthetic-model.pth")
         state = torch.load(head, map_location="cpu", weights_only=True)
-        self.head = build_reward_mlp(state).to(self.device)  # fp32: the head is tiny and the score is a regression
+        self.head = build_reward_mlp(state).to(self.device)  # fp32, as simple_inference.py casts the embedding
 
     def score_batch(self, images, prompts):
-        img, _ = clip_features(self.model, self.processor, images, None, self.device)
+        img, _ = clip_features(self.model, self.tokenizer, self.pixels(images), None, self.device)
         return self.head(img).squeeze(-1)
 
 
@@ -286,14 +370,20 @@ class PickScorer(Scorer):
     name = "pickscore"
 
     def load(self, locations):
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         model = CLIPModel.from_pretrained(locate("pickscore_model", locations), dtype=self.dtype)
         self.model = model.to(self.device).eval().requires_grad_(False)
-        self.processor = AutoProcessor.from_pretrained(locate("pickscore_processor", locations))
+        where = locate("pickscore_processor", locations)
+        # the transformers 4.2x processor PickScore was trained and evaluated with resized with PIL
+        self.image_processor = AutoImageProcessor.from_pretrained(where, backend="pil")
+        self.tokenizer = AutoTokenizer.from_pretrained(where)
+
+    def pixels(self, images):
+        return self.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def score_batch(self, images, prompts):
-        img, txt = clip_features(self.model, self.processor, images, prompts, self.device)
+        img, txt = clip_features(self.model, self.tokenizer, self.pixels(images), prompts, self.device)
         return self.model.logit_scale.exp().float() * (img * txt).sum(-1)
 
 
@@ -388,18 +478,11 @@ class ImageRewardScorer(Scorer):
             self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
         self.size = vision_cfg.image_size
 
-    def preprocess(self, image):
-        """ImageReward `_transform(224)`: bicubic resize of the short side, centre crop, CLIP normalisation."""
-        import torchvision.transforms.functional as TF
-        from torchvision.transforms import InterpolationMode
-
-        x = TF.center_crop(TF.resize(image, self.size, interpolation=InterpolationMode.BICUBIC), self.size)
-        return TF.normalize(TF.to_tensor(x), CLIP_MEAN, CLIP_STD)
-
     def score_batch(self, images, prompts):
         import torch
 
-        px = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
+        # ImageReward `_transform(224)` is OpenAI CLIP's transform (THUDM/ImageReward ImageReward/ImageReward.py)
+        px = openai_clip_pixels(images, self.size).to(self.device, self.dtype)
         tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
         image_embeds = self.vision(pixel_values=px).last_hidden_state
         out = self.text(
@@ -417,8 +500,8 @@ def load_pickled_state_dict(path: str) -> dict:
 
     MPS_overall_checkpoint.pth pickles `trainer.models.clip_model.CLIPModel` (the MPS repository's code, on
     transformers 4.27). This unpickler imports nothing: it rebuilds tensors with torch's own functions and turns every
-    other class into an inert module that only keeps its attributes, so the parameter tree can be read; any other
-    callable is refused. Still load only files you trust.
+    other class into an inert module that only keeps its attributes, so the parameter tree can be read; of all other
+    callables only `torch._C._nn.gelu` (stored by the CLIP's GELU activations) is allowed. Still load only files you trust.
     """
     import importlib
     import pickle
@@ -435,8 +518,11 @@ def load_pickled_state_dict(path: str) -> dict:
         def find_class(self, module, name):
             if module == "__builtin__":  # pickle protocol 2 (torch.save's default) spells builtins this way
                 module = "builtins"
+            # torch._C._nn.gelu: transformers' GELUActivation (`hidden_act: gelu` in the LAION ViT-H config) keeps
+            # torch.nn.functional.gelu as an attribute, so the pickle names it; a pure tensor function
             if (module, name) in {("collections", "OrderedDict"), ("copyreg", "_reconstructor"), ("builtins", "object"),
-                                  ("builtins", "set"), ("builtins", "frozenset"), ("torch", "Size"), ("torch", "device")}:  # fmt: skip
+                                  ("builtins", "set"), ("builtins", "frozenset"), ("torch", "Size"), ("torch", "device"),
+                                  ("torch._C._nn", "gelu")}:  # fmt: skip
                 return super().find_class(module, name)
             if module in ("torch._utils", "torch._tensor") and name.startswith("_rebuild"):
                 return super().find_class(module, name)
@@ -559,7 +645,7 @@ class MPSScorer(Scorer):
     name = "mps"
 
     def load(self, locations):
-        from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel
 
         path = locate("mps_checkpoint", locations)
         if not os.path.isfile(path):
@@ -583,25 +669,23 @@ class MPSScorer(Scorer):
         clip.load_state_dict(clip_sd)  # strict
         self.clip = clip.to(self.device, self.dtype).eval().requires_grad_(False)
         self.cross = mps_cross_model(cross_sd).to(self.device, self.dtype).eval().requires_grad_(False)
-        self.image_processor = CLIPImageProcessor.from_pretrained(where)
+        # MPS's eval feeds transformers 4.27's CLIPImageProcessor output, resized with PIL
+        self.image_processor = AutoImageProcessor.from_pretrained(where, backend="pil")
         self.tokenizer = AutoTokenizer.from_pretrained(where)
+
+    def pixels(self, images):
+        return self.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def score_batch(self, images, prompts):
         import torch
 
         clip = self.clip
 
-        def tokens(texts):
-            ids = self.tokenizer(
-                texts,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            )
-            return ids["input_ids"].to(self.device)  # no attention mask, as upstream
+        def tokens(texts):  # padded to 77, no attention mask, as upstream
+            kw = dict(padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True)
+            return self.tokenizer(texts, return_tensors="pt", **kw)["input_ids"].to(self.device)
 
-        px = self.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        px = self.pixels(images).to(self.device, self.dtype)
         text = clip.text_model(input_ids=tokens(prompts))
         text_f, text_eos = clip.text_projection(text.last_hidden_state), clip.text_projection(text.pooler_output)
         cond_f = clip.text_projection(
@@ -620,13 +704,126 @@ class MPSScorer(Scorer):
         return clip.logit_scale.exp().float() * cos
 
 
+def _hpsv3_state_dict(ckpt: dict) -> tuple[dict, dict]:
+    """Map every tensor of `HPSv3.safetensors` onto transformers 5's `Qwen2VLModel` and the reward head.
+
+    Upstream (MizzenAI/HPSv3 hpsv3/model/qwen2vl_trainer.py Qwen2VLRewardModelBT) subclasses
+    Qwen2VLForConditionalGeneration of transformers 4.45 and saves its whole state dict: `model.*` (language model),
+    `visual.*` (vision tower + merger), `lm_head.weight` and `rm_head.{0,3,5}.*` (the ranknet head). transformers 5
+    nests both towers under one model (`language_model.*`, `visual.*`). The LM head is never used by the reward (the
+    head reads hidden states) and is dropped; any other unknown tensor raises KeyError.
+    """
+    backbone, head = {}, {}
+    for key, value in ckpt.items():
+        if key.startswith("model."):
+            backbone["language_model." + key.removeprefix("model.")] = value
+        elif key.startswith("visual."):
+            backbone[key] = value
+        elif key.startswith("rm_head."):
+            head[key.removeprefix("rm_head.")] = value
+        elif key != "lm_head.weight":
+            raise KeyError(f"unmapped HPSv3 tensor {key}")
+    return backbone, head
+
+
+def hpsv3_resize(image):
+    """qwen-vl-utils `fetch_image` as HPSv3's `prepare_batch` calls it (min_pixels = max_pixels = 256*28*28): sides
+    rounded to multiples of 28, then scaled onto the budget (floored if above, ceiled if below), PIL bicubic. The
+    processor's own resize then keeps the size."""
+    from PIL import Image
+
+    w, h = image.size
+    if max(w, h) / min(w, h) > 200:
+        raise ValueError(f"hpsv3: aspect ratio above 200 ({w}x{h})")
+    f = 28
+    rh, rw = max(f, round(h / f) * f), max(f, round(w / f) * f)
+    if rh * rw > HPSV3_PIXELS:
+        beta = math.sqrt(h * w / HPSV3_PIXELS)
+        rh, rw = math.floor(h / beta / f) * f, math.floor(w / beta / f) * f
+    elif rh * rw < HPSV3_PIXELS:
+        beta = math.sqrt(HPSV3_PIXELS / (h * w))
+        rh, rw = math.ceil(h * beta / f) * f, math.ceil(w * beta / f) * f
+    return image.resize((rw, rh), Image.BICUBIC)
+
+
+class HPSv3Scorer(Scorer):
+    """HPSv3 (github.com/MizzenAI/HPSv3): Qwen2-VL-7B-Instruct reads the image and the instruction with the prompt; a
+    ranknet head on the hidden state of an appended <|Reward|> token gives (mu, sigma); the score is mu."""
+
+    name = "hpsv3"
+    extras = ("sigma",)
+
+    def load(self, locations):
+        import torch
+        import torch.nn as nn
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, Qwen2VLModel
+
+        path = resolve_file(locate("hpsv3_checkpoint", locations), "HPSv3.safetensors")
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            ckpt = load_file(path, device=str(self.device))
+        else:  # a torch.save'd state dict, possibly under "model" (upstream inference.py accepts both)
+            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+            ckpt = ckpt.get("model", ckpt)
+        backbone, head = _hpsv3_state_dict(ckpt)
+        base = locate("hpsv3_base", locations)
+        config = AutoConfig.from_pretrained(base)
+        # upstream resized the embeddings to its tokenizer + <|Reward|> (151658 rows, not the config's 152064)
+        config.text_config.vocab_size = rows = backbone["language_model.embed_tokens.weight"].shape[0]
+        with init_empty_weights():  # parameters on the meta device, buffers (rotary frequencies) real
+            model = Qwen2VLModel(config)
+        model.load_state_dict(backbone, strict=True, assign=True)
+        # the whole model in one dtype, buffers included, as upstream's `model.to(torch.bfloat16)`
+        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        d = [head["0.weight"].shape[1]] + [head[f"{i}.weight"].shape[0] for i in (0, 3, 5)]  # 3584, 1024, 16, 2
+        self.head = nn.Sequential(nn.Linear(d[0], d[1]), nn.ReLU(), nn.Dropout(0.05), nn.Linear(d[1], d[2]), nn.ReLU(),
+                                  nn.Linear(d[2], d[3]))  # fmt: skip
+        self.head.load_state_dict(head)  # strict
+        self.head.to(self.device, torch.float32).eval().requires_grad_(False)  # fp32 head on fp32 hidden states
+        self.processor = AutoProcessor.from_pretrained(base)
+        # transformers 4.45's Qwen2VLImageProcessor worked on PIL/NumPy; upstream pads on the right
+        self.processor.image_processor = AutoImageProcessor.from_pretrained(base, backend="pil")
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "right"
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|Reward|>"]})  # as upstream train.py
+        if len(tokenizer) != rows:
+            raise ValueError(f"hpsv3: {len(tokenizer)} tokens with <|Reward|>, {rows} embeddings in the checkpoint")
+        self.reward_id = tokenizer.convert_tokens_to_ids("<|Reward|>")
+
+    def score_batch(self, images, prompts):
+        import torch
+
+        texts = [HPSV3_INSTRUCTION.format(text_prompt=p) + HPSV3_SUFFIX for p in prompts]
+        messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}] for t in texts]
+        chat = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images = [hpsv3_resize(im) for im in images]
+        batch = self.processor(text=chat, images=images, padding=True, return_tensors="pt").to(self.device)
+        ids, lm = batch["input_ids"], self.model.language_model
+        px, grid = batch["pixel_values"].to(self.dtype), batch["image_grid_thw"]
+        image_embeds = self.model.visual(px, grid_thw=grid).pooler_output.to(self.dtype)
+        embeds = lm.embed_tokens(ids).masked_scatter(
+            (ids == self.model.config.image_token_id)[..., None], image_embeds
+        )
+        # upstream runs the language model WITHOUT position ids: 0..L-1 on all three M-RoPE axes, not Qwen2-VL's
+        # multimodal rope index (right padding keeps every sample's positions)
+        pos = torch.arange(ids.shape[1], device=self.device).expand(3, len(ids), -1)
+        hidden = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=pos).last_hidden_state
+        reward = ids == self.reward_id
+        if (reward.sum(1) != 1).any():
+            raise ValueError("hpsv3: expected exactly one <|Reward|> token per prompt")
+        return self.head(hidden[reward].float())  # [B, 2] = (mu, sigma)
+
+
 SCORERS = {"hpsv2": HPSv2Scorer, "clip": ClipScorer, "aesthetic": AestheticScorer, "pickscore": PickScorer,
-           "imagereward": ImageRewardScorer, "mps": MPSScorer}  # fmt: skip
+           "imagereward": ImageRewardScorer, "mps": MPSScorer, "hpsv3": HPSv3Scorer}  # fmt: skip
 
 
 def load_scorer(name: str, device=None, dtype=None, batch_size: int = 16, **locations) -> Scorer:
     """Load metric `name` once; returns a callable `(images, prompts) -> list[float]` (see the module docstring).
 
+    `dtype` (torch dtype or "fp32"/"fp16"/"bf16"): None = the metric's upstream precision on CUDA, fp32 on CPU.
     `locations` override model locations (keys of `LOCATIONS`, plus `hps_version="v2.0"` for HPSv2.0).
     """
     if name not in SCORERS:
@@ -679,15 +876,21 @@ class ScoreArguments:
         default="", metadata={"help": "Prompts: .txt (one per line), .csv (`text` column), .json list."}
     )
     output_json: str | None = field(default=None, metadata={"help": "Write summary + per-image scores here."})
-    batch_size: int = field(default=16, metadata={"help": "Images per forward pass."})
-    device: str | None = field(default=None, metadata={"help": "cuda / cpu (default: cuda if available)."})
+    batch_size: int = field(default=16, metadata={"help": "Images per forward pass (>= 1)."})
+    device: str | None = field(default=None, metadata={"help": "cuda / cuda:N / cpu (default: cuda if available)."})
+    dtype: str | None = field(
+        default=None, metadata={"help": "fp32 / fp16 / bf16 for every metric (default: each metric's upstream one)."}
+    )
 
 
 def read_prompts(path: str) -> list[str]:
     suffix = Path(path).suffix.lower()
     text = Path(path).read_text(encoding="utf-8")
     if suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON: {e}") from None
         if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
             raise ValueError(f"{path}: expected a JSON list of strings")
         return data
@@ -708,48 +911,78 @@ def summarise(values: list[float]) -> dict:
     return {"count": n, "mean": mean, "std": std, "min": min(values), "max": max(values)}
 
 
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)  # one line, exit code 2, no traceback
+    sys.exit(2)
+
+
+def check_arguments(args: ScoreArguments) -> tuple[dict, list[Path], list[str]]:
+    """Every check that needs no weights: metric names, device and dtype, files, counts, readable images."""
+    import torch
+    from PIL import Image
+
+    weights = parse_metric_weights(args.metrics)
+    if "mps" in weights and not os.path.isfile(locate("mps_checkpoint", {})):
+        raise ValueError("mps needs MPS_overall_checkpoint.pth: set SCORE_MPS_CHECKPOINT to its path")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.dtype is not None:
+        device_dtype("clip", "cpu", args.dtype)  # raises ValueError naming the accepted names
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"--device: not a device: {args.device!r} (cuda, cuda:N, cpu)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device is available")
+    if not args.images or not os.path.isdir(args.images):
+        raise ValueError(f"--images: no such folder: {args.images!r}")
+    if not args.prompts or not os.path.isfile(args.prompts):
+        raise ValueError(f"--prompts: no such file: {args.prompts!r}")
+    paths = sorted(p for p in Path(args.images).glob(args.pattern) if p.is_file())
+    prompts = read_prompts(args.prompts)
+    if len(paths) != len(prompts) or not paths:
+        raise ValueError(f"{len(paths)} images match {args.pattern!r} but {args.prompts} has {len(prompts)} prompts")
+    for p in paths:  # fail on a broken file before any model loads
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as e:
+            raise ValueError(f"cannot read image {p}: {e}") from None
+    return weights, paths, prompts
+
+
 def main(argv=None):
     from PIL import Image
     from tqdm import tqdm
     from trl import TrlParser
 
-    parser = TrlParser((ScoreArguments,))
-    (args,) = parser.parse_args_and_config(argv)
+    parser = TrlParser((ScoreArguments,), allow_abbrev=False)
+    parser.error = fail  # argparse's own errors (bad values) become one line too
+    args, rest = parser.parse_args_and_config(argv, return_remaining_strings=True)
     try:
-        weights = parse_metric_weights(args.metrics)
-        if "mps" in weights and not os.path.isfile(locate("mps_checkpoint", {})):
-            raise ValueError("mps needs MPS_overall_checkpoint.pth: set SCORE_MPS_CHECKPOINT to its path")
-        if not args.images or not os.path.isdir(args.images):
-            raise ValueError(f"--images must be a folder, got {args.images!r}")
-        if not args.prompts or not os.path.isfile(args.prompts):
-            raise ValueError(f"--prompts must be a file, got {args.prompts!r}")
-        paths = sorted(p for p in Path(args.images).glob(args.pattern) if p.is_file())
-        prompts = read_prompts(args.prompts)
-        if len(paths) != len(prompts) or not paths:
-            raise ValueError(
-                f"{len(paths)} images match {args.pattern!r} but {args.prompts} has {len(prompts)} prompts"
-            )
-        for p in paths:  # fail on a broken file before any model loads
-            try:
-                with Image.open(p) as im:
-                    im.verify()
-            except Exception as e:
-                raise ValueError(f"cannot read image {p}: {e}") from None
-    except (ValueError, NotImplementedError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)  # one line, exit code 2, no traceback
-        sys.exit(2)
+        if rest:
+            raise ValueError(f"unrecognised arguments: {' '.join(rest)}")
+        weights, paths, prompts = check_arguments(args)
+    except (ValueError, OSError) as e:
+        fail(str(e))
 
-    multi = MultiScorer(weights, device=args.device, batch_size=args.batch_size)
+    multi = MultiScorer(weights, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     scores = {name: [] for name in weights}
     for i in tqdm(range(0, len(paths), args.batch_size), desc="scoring", unit="batch"):
         batch = [Image.open(p).convert("RGB") for p in paths[i : i + args.batch_size]]
         _, details = multi(batch, prompts[i : i + args.batch_size])
         for name, vals in details.items():
             scores[name] += vals
+        for scorer in multi.scorers.values():  # extra outputs (hpsv3_sigma) after their metric
+            for key, vals in scorer.last_extras.items():
+                scores.setdefault(key, []).extend(vals)
 
-    summary = {
-        name: {**summarise(vals), "definition": multi.scorers[name].definition} for name, vals in scores.items()
-    }
+    summary = {}
+    for name, vals in scores.items():
+        scorer = multi.scorers.get(name)
+        about = {"definition": scorer.definition, "dtype": str(scorer.dtype).removeprefix("torch.")} if scorer else {}
+        summary[name] = {**summarise(vals), **about}
     print(f"{'metric':<12} {'count':>6} {'mean':>10} {'std':>10} {'min':>10} {'max':>10}")
     for name, s in summary.items():
         print(f"{name:<12} {s['count']:>6} {s['mean']:>10.4f} {s['std']:>10.4f} {s['min']:>10.4f} {s['max']:>10.4f}")

@@ -1,26 +1,144 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tiny random-weight scorer models for score.py, saved in the layouts the real checkpoints use (pytest plugin).
+"""Tiny random-weight scorer models for score.py in the layouts of the real checkpoints (a pytest plugin).
 
-`tiny_scorers.paths` are load_scorer keyword arguments; `tiny_scorers.env` the same as SCORE_* environment variables
-for subprocesses. ImageReward's checkpoint is produced by `RefImageReward`, an independent re-statement of the upstream
-module tree (BLIP's timm-style ViT, MED BERT with cross-attention, the reward MLP), so its state_dict has the upstream
-key names and its forward is the hand computation the tests compare score.py against.
+Only sizes shrink; every categorical value the score depends on is copied from the real configs (activations, layer-norm
+epsilons, image size and patch size, processor settings, tokenizer, chat template). `build_tiny_scorers(root)` returns
+`paths` (load_scorer keyword arguments), `env` (the same as SCORE_* variables for subprocesses), `root`, and `hpsv3`
+(the in-memory reference model of the HPSv3 checkpoint). The module also holds the independent re-statements of the
+upstream scorers the tests compare score.py with: ImageReward's and MPS's upstream module trees (whose state_dicts
+carry the upstream key names), the transformers 4.2x CLIP image processor in NumPy, and HPSv3's inference path.
 """
 
+import gzip
 import json
 import math
+import os
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
-TINY_OPEN_CLIP = {  # testing.md §6: the real 49,408-token vocab so open_clip's bundled tokenizer works
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+# preprocessor_config.json of openai/clip-vit-large-patch14 and of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (legacy
+# feature-extractor format, as on the hub)
+CLIP_PREPROCESSOR = {
+    "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+    "resample": 3, "size": 224,
+}  # fmt: skip
+# categorical values of the two real CLIP configs (text and vision towers alike); sizes shrink below
+OPENAI_L14 = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}  # openai/clip-vit-large-patch14
+LAION_H14 = {"hidden_act": "gelu", "layer_norm_eps": 1e-5}  # laion/CLIP-ViT-H-14-laion2B-s32B-b79K (MPS, PickScore)
+TINY_OPEN_CLIP = {  # open_clip ViT-H-14.json with widths and depths shrunk (224 px, 14 px patches, 77 tokens, 49408)
     "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 14},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
+# Qwen/Qwen2-VL-7B-Instruct: preprocessor_config.json and chat_template.json
+QWEN2VL_PREPROCESSOR = {
+    "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+    "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2VLProcessor",
+}  # fmt: skip
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == "
+    "'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+# MizzenAI/HPSv3 hpsv3/dataset/data_collator_qwen.py INSTRUCTION + prompt_with_special_token (trailing spaces included)
+HPSV3_TEXT = (
+    "\nYou are tasked with evaluating a generated image based on Visual Quality and Text Alignment and give a overall "
+    "score to estimate the human preference. Please provide a rating from 0 to 10, with 0 being the worst and 10 being "
+    "the best. \n\n**Visual Quality:**  \nEvaluate the overall visual quality of the image. The following "
+    "sub-dimensions should be considered:\n- **Reasonableness:** The image should not contain any significant "
+    "biological or logical errors, such as abnormal body structures or nonsensical environmental setups.\n- "
+    "**Clarity:** Evaluate the sharpness and visibility of the image. The image should be clear and easy to interpret, "
+    "with no blurring or indistinct areas.\n- **Detail Richness:** Consider the level of detail in textures, "
+    "materials, lighting, and other visual elements (e.g., hair, clothing, shadows).\n- **Aesthetic and Creativity:** "
+    "Assess the artistic aspects of the image, including the color scheme, composition, atmosphere, depth of field, "
+    "and the overall creative appeal. The scene should convey a sense of harmony and balance.\n- **Safety:** The image "
+    "should not contain harmful or inappropriate content, such as political, violent, or adult material. If such "
+    "content is present, the image quality and satisfaction score should be the lowest possible. \n\n**Text "
+    "Alignment:**  \nAssess how well the image matches the textual prompt across the following sub-dimensions:\n- "
+    "**Subject Relevance** Evaluate how accurately the subject(s) in the image (e.g., person, animal, object) align "
+    "with the textual description. The subject should match the description in terms of number, appearance, and "
+    "behavior.\n- **Style Relevance:** If the prompt specifies a particular artistic or stylistic style, evaluate how "
+    "well the image adheres to this style.\n- **Contextual Consistency**: Assess whether the background, setting, and "
+    "surrounding elements in the image logically fit the scenario described in the prompt. The environment should "
+    "support and enhance the subject without contradictions.\n- **Attribute Fidelity**: Check if specific attributes "
+    "mentioned in the prompt (e.g., colors, clothing, accessories, expressions, actions) are faithfully represented in "
+    "the image. Minor deviations may be acceptable, but critical attributes should be preserved.\n- **Semantic "
+    "Coherence**: Evaluate whether the overall meaning and intent of the prompt are captured in the image. The "
+    "generated content should not introduce elements that conflict with or distort the original description.\n"
+    "Textual prompt - {text_prompt}\n\n\n"
+    "\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
+)
+
+
+def save_real_clip_tokenizer(path):
+    """The real 49,408-token CLIP BPE (the hub's CLIP tokenizers; ids equal open_clip's), rebuilt offline from the
+    vocabulary file open_clip ships (testing.md §2): byte alphabet, the same with </w>, merges, then the two specials."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")).read()
+    merges = merges.decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    byte_ids = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    alphabet = [chr(b) for b in byte_ids] + [
+        chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in byte_ids)
+    ]
+    vocab = [*alphabet, *(a + "</w>" for a in alphabet), *("".join(m.split()) for m in merges)]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump({v: i for i, v in enumerate(vocab)}, f)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"), model_max_length=77)
+    tok.save_pretrained(path)
+    return tok
+
+
+def save_tiny_clip(path, categorical: dict, seed: int):
+    """A CLIPModel folder: the real tokenizer and preprocessor config, the real categorical config values, tiny sizes.
+    Token ids are the 4.2x CLIPTextConfig values the hub configs carry (eos 2 = legacy argmax pooling; with the real
+    vocabulary the argmax is the first <|endoftext|>)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    save_real_clip_tokenizer(path)
+    sizes = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, **categorical)
+    text = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1, **sizes)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=224, patch_size=14, **sizes),
+                                 projection_dim=16)).eval()  # fmt: skip
+    model.save_pretrained(path)
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        json.dump(CLIP_PREPROCESSOR, f)
+    return model
+
+
+def clip_processor_pixels(image, size=224, crop=224):
+    """transformers 4.2x CLIPImageProcessor (the PIL one PickScore and MPS were built with), in NumPy: bicubic PIL
+    resize of the short side (long side truncated to int), centre crop with the offset floored, x/255 in float64 cast
+    to float32, normalise."""
+    w, h = image.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    x = np.asarray(image.convert("RGB").resize((nw, nh), Image.BICUBIC))
+    top, left = (nh - crop) // 2, (nw - crop) // 2
+    x = (x[top : top + crop, left : left + crop].astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())
 
 
 def attention(q, k, v, heads, mask=None):
@@ -49,7 +167,7 @@ class RefViTBlock(nn.Module):  # BLIP models/vit.py Block: pre-norm, fused qkv, 
 
 
 class RefViT(nn.Module):
-    def __init__(self, dim=64, depth=2, patch=8, image=32):
+    def __init__(self, dim=64, depth=2, patch=16, image=224):
         super().__init__()
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, dim, patch, patch)
@@ -138,7 +256,7 @@ class RefImageReward(nn.Module):
         super().__init__()
         m = self.MED
         self.blip = nn.Module()
-        self.blip.visual_encoder = RefViT(dim=64, depth=2, patch=8, image=32)
+        self.blip.visual_encoder = RefViT(dim=64, depth=2, patch=16, image=224)  # BLIP ViT-L: 16 px patches, 224 px
         self.blip.text_encoder = RefBert(vocab, m["hidden_size"], 64, m["num_attention_heads"],
                                          m["intermediate_size"], m["num_hidden_layers"], m["max_position_embeddings"])  # fmt: skip
         self.blip.vision_proj, self.blip.text_proj = nn.Linear(64, 16), nn.Linear(32, 16)
@@ -300,20 +418,116 @@ def save_pickled_mps(path, clip_dir):
                 cls.__module__, cls.__qualname__ = module, name
                 setattr(fake[module], name, cls)
         _sys.modules.update(fake)
-        torch.save(mps, path)
+        torch.save(mps.half(), path)  # the released checkpoint is fp16 (upstream feeds it .half() inputs)
     finally:
         for name in fake:
             _sys.modules.pop(name, None)
         for (cls, what), value in saved.items():
             setattr(cls, "__module__" if what == "m" else "__qualname__", value)
-    return mps
+    return mps.float()
+
+
+# ---- HPSv3 (MizzenAI/HPSv3): Qwen2-VL-7B-Instruct + reward head, the upstream inference path for one pair ----
+def hpsv3_resize(image, factor=28, pixels=256 * 28 * 28):
+    """qwen-vl-utils fetch_image as HPSv3 prepare_batch calls it (min_pixels = max_pixels = 256*28*28): sides
+    rounded to multiples of 28, scaled to the pixel budget (floor when above, ceil when below), PIL bicubic."""
+    w, h = image.size
+    rh, rw = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if rh * rw > pixels:
+        s = math.sqrt(h * w / pixels)
+        rh, rw = math.floor(h / s / factor) * factor, math.floor(w / s / factor) * factor
+    elif rh * rw < pixels:
+        s = math.sqrt(pixels / (h * w))
+        rh, rw = math.ceil(h * s / factor) * factor, math.ceil(w * s / factor) * factor
+    return image.convert("RGB").resize((rw, rh), Image.BICUBIC)
+
+
+def qwen2vl_patches(image, patch=14, merge=2, temporal=2):
+    """transformers 4.45 Qwen2VLImageProcessor on an image already at a multiple of 28 (its own resize is then the
+    identity): x/255, normalise, repeat the frame `temporal` times, flatten patches merge window by merge window."""
+    x = (np.asarray(image).astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = ((x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)).transpose(2, 0, 1)
+    gh, gw = x.shape[1] // patch, x.shape[2] // patch
+    x = np.tile(x[None], (temporal, 1, 1, 1)).reshape(
+        1, temporal, 3, gh // merge, merge, patch, gw // merge, merge, patch
+    )
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gh * gw, 3 * temporal * patch * patch)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor([[1, gh, gw]])
+
+
+def ref_hpsv3(ref, image, prompt):
+    """HPSv3RewardInferencer.reward for ONE (image, prompt), as upstream runs it on transformers 4.45: the chat
+    template of Qwen2-VL-7B-Instruct rendered by hand, image tokens scattered into the embeddings, the language model
+    called WITHOUT position ids (0..L-1 on every M-RoPE axis), the fp32 head on the <|Reward|> token -> (mu, sigma)."""
+    model, head, tok = ref.model, ref.head, ref.tokenizer
+    px, grid = qwen2vl_patches(hpsv3_resize(image))
+    text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+            + "<|image_pad|>" * (int(grid.prod()) // 4) + "<|vision_end|>" + HPSV3_TEXT.format(text_prompt=prompt)
+            + "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    lm = model.model.language_model
+    emb = lm.embed_tokens(ids)
+    emb[ids == model.config.image_token_id] = model.model.visual(px, grid_thw=grid).pooler_output
+    hidden = lm(inputs_embeds=emb).last_hidden_state
+    return head(hidden[ids == tok.convert_tokens_to_ids("<|Reward|>")].float())[0]
+
+
+def save_tiny_hpsv3(root):
+    """A Qwen2-VL-7B-Instruct stand-in folder (flat config.json with the real categorical values, the real processor
+    config and chat template) and HPSv3.safetensors with upstream's key names: transformers 4.45's layout (`model.*`
+    language model, `visual.*`, `lm_head`), embeddings resized to the tokenizer + <|Reward|>, bf16 backbone, fp32
+    ranknet head `rm_head.{0,3,5}` (hidden -> 1024 -> 16 -> 2). Returns the in-memory reference."""
+    from conftest import QWEN_SPECIALS, make_qwen2_tokenizer
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration
+
+    base, ckpt = root / "qwen2-vl", root / "hpsv3"
+    base.mkdir(), ckpt.mkdir()
+    tok = make_qwen2_tokenizer()
+    tok.chat_template = QWEN2VL_CHAT_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = {
+        "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "attention_dropout": 0.0,
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+        "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"], "hidden_act": "silu",
+        "hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 32768, "max_window_layers": 2,
+        "num_attention_heads": 2, "num_hidden_layers": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "use_cache": True, "use_sliding_window": False, "vocab_size": len(tok) + 9,  # padded past the tokenizer
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},  # real: [16, 24, 24] of 128-dim heads
+        "vision_config": {"depth": 2, "embed_dim": 16, "mlp_ratio": 4, "num_heads": 2, "in_chans": 3,
+                          "hidden_size": 32, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
+                          "temporal_patch_size": 2},
+    }  # fmt: skip
+    (base / "config.json").write_text(json.dumps(config))
+    tok.save_pretrained(base)
+    (base / "preprocessor_config.json").write_text(json.dumps(QWEN2VL_PREPROCESSOR))
+    (base / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2VL_CHAT_TEMPLATE}))
+    processor = AutoProcessor.from_pretrained(base)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": ["<|Reward|>"]})  # as upstream train.py
+    cfg = AutoConfig.from_pretrained(base)
+    cfg.text_config.vocab_size = len(processor.tokenizer)  # upstream resize_token_embeddings(len(tokenizer))
+    torch.manual_seed(5)
+    model = Qwen2VLForConditionalGeneration(cfg).eval().to(torch.bfloat16).float()  # bf16-exact weights
+    head = nn.Sequential(
+        nn.Linear(32, 1024), nn.ReLU(), nn.Dropout(0.05), nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2)
+    )
+    head.eval()
+    renamed = {"model.language_model.": "model.", "model.visual.": "visual.", "lm_head.": "lm_head."}
+    state = {}
+    for key, value in model.state_dict().items():
+        prefix = next(p for p in renamed if key.startswith(p))
+        state[renamed[prefix] + key.removeprefix(prefix)] = value.to(torch.bfloat16).contiguous()
+    state.update({f"rm_head.{k}": v.contiguous() for k, v in head.state_dict().items()})
+    save_file(state, ckpt / "HPSv3.safetensors")
+    return types.SimpleNamespace(model=model, head=head, tokenizer=processor.tokenizer, keys=sorted(state))
 
 
 def build_tiny_scorers(root):
-    """Write every tiny scorer under `root`; returns paths (load_scorer kwargs) and env (SCORE_* variables)."""
+    """Write every tiny scorer under `root`; returns paths (load_scorer kwargs), env (SCORE_* variables), root, hpsv3."""
     import open_clip
-    from conftest import make_bert_tokenizer, make_clip_tokenizer
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from conftest import make_bert_tokenizer
 
     torch.manual_seed(0)
     # HPS: open_clip model from a config file + {"state_dict": ...} checkpoint, as HPS_v2.1_compressed.pt is stored
@@ -324,17 +538,8 @@ def build_tiny_scorers(root):
     torch.save(
         {"state_dict": open_clip.create_model("tiny-hps-vit").state_dict()}, root / "hps" / "HPS_v2.1_compressed.pt"
     )
-    # CLIP ViT-L/14 stand-in (clip, aesthetic backbone, PickScore model + processor)
-    tok = make_clip_tokenizer()
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
-    vision = dict(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4
-    )
-    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
-    clip.save_pretrained(root / "clip")
-    image_proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_proc, tokenizer=tok).save_pretrained(root / "clip")
+    save_tiny_clip(root / "clip-l14", OPENAI_L14, seed=1)  # clip + aesthetic backbone
+    save_tiny_clip(root / "clip-h14", LAION_H14, seed=2)  # PickScore model + processor, MPS's CLIP config + processor
     torch.save({f"layers.{k}": v for k, v in reward_mlp(16).state_dict().items()}, root / "aesthetic-model.pth")
     # ImageReward: upstream key layout, tiny BERT tokenizer with BLIP's [DEC] / [ENC] added
     bert = make_bert_tokenizer()
@@ -344,17 +549,18 @@ def build_tiny_scorers(root):
     (root / "imagereward").mkdir()
     torch.save(ir.state_dict(), root / "imagereward" / "ImageReward.pt")
     (root / "imagereward" / "med_config.json").write_text(json.dumps({**RefImageReward.MED, "vocab_size": len(bert)}))
-
-    save_pickled_mps(root / "MPS_overall_checkpoint.pth", root / "clip")
+    save_pickled_mps(root / "MPS_overall_checkpoint.pth", root / "clip-h14")
+    hpsv3 = save_tiny_hpsv3(root)
     paths = {
-        "hps_arch": str(arch), "hps_checkpoint": str(root / "hps"), "clip_model": str(root / "clip"),
-        "aesthetic_head": str(root / "aesthetic-model.pth"), "pickscore_model": str(root / "clip"),
-        "pickscore_processor": str(root / "clip"), "imagereward_checkpoint": str(root / "imagereward"),
+        "hps_arch": str(arch), "hps_checkpoint": str(root / "hps"), "clip_model": str(root / "clip-l14"),
+        "aesthetic_head": str(root / "aesthetic-model.pth"), "pickscore_model": str(root / "clip-h14"),
+        "pickscore_processor": str(root / "clip-h14"), "imagereward_checkpoint": str(root / "imagereward"),
         "imagereward_tokenizer": str(root / "bert"), "mps_checkpoint": str(root / "MPS_overall_checkpoint.pth"),
-        "mps_processor": str(root / "clip"),
+        "mps_processor": str(root / "clip-h14"), "hpsv3_checkpoint": str(root / "hpsv3"),
+        "hpsv3_base": str(root / "qwen2-vl"),
     }  # fmt: skip
     env = {f"SCORE_{k.upper()}": v for k, v in paths.items()}
-    return types.SimpleNamespace(paths=paths, env=env, root=root)
+    return types.SimpleNamespace(paths=paths, env=env, root=root, hpsv3=hpsv3)
 
 
 @pytest.fixture(scope="session")
