@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.35", "trl>=1.0", "accelerate>=1.10", "pillow>=10.0", "tqdm"]
+# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.35", "trl>=1.0", "accelerate>=1.10", "pillow>=10.0",
+#                 "tqdm"]
 # ///
 """Promptist: rewrite a plain prompt into one Stable Diffusion renders better, and show both images side by side.
 
@@ -13,23 +14,25 @@ with the official decoding recipe: input `text.strip() + " Rephrase:"`, left pad
 8 beams and 8 returns, length_penalty -1.0 (favours shorter beams), at most 75 new tokens, no sampling, beam 0 kept.
 
 Differences from the reference (LMOps README / HF Space app.py):
-1. The prompt prefix is removed by slicing the generated tokens, not by `output.replace(plain_text + " Rephrase:", "")`,
-   which leaks the prefix whenever the input has stray whitespace (the replace uses the unstripped text).
+1. The prompt prefix is removed by slicing the generated tokens, not by upstream's
+   `output.replace(plain_text + " Rephrase:", "")`, which leaks the prefix whenever the input has stray whitespace.
 2. Prompts are batched through one `generate` call (left padding + attention mask); the Space handles one at a time.
 3. transformers >= 4.36 ranks beams by generated length only (PR #27351), so beam 0 can differ from the 2023 Space.
-4. Images use Stable Diffusion v1.5 (v1.4, which the model card targets, is gated); any diffusers text-to-image id works.
+4. Images use Stable Diffusion v1.5 (v1.4, which the model card targets, is gated); any diffusers text-to-image id
+   works.
 5. `--score` evaluates the RL reward of the paper (LMOps `PromptScorer.get_score_batched`) on one image per prompt
-   instead of two: aesthetic(optimised image) - aesthetic(baseline image) + min(20 * max(cos, 0) - 5.6, 0), with cos the
-   CLIP ViT-L/14 cosine between the optimised image and the ORIGINAL text.
+   instead of two: aesthetic(optimised image) - aesthetic(baseline image) + min(20 * max(cos, 0) - 5.6, 0), with cos
+   the CLIP ViT-L/14 cosine between the optimised image and the ORIGINAL text.
 
 Usage (run from the repository root):
     python promptist_infer.py "a cat in the rain"                                  # prints the optimised prompt
     python promptist_infer.py "a cat in the rain" "a red car" --output_json pairs.json
     python promptist_infer.py --prompt_file prompts.txt --generate_images --score --output_dir out/promptist
     python promptist_infer.py --from_json out/promptist/pairs.json --generate_images --output_dir out/again
-Laptop GPU (6 GB): add `--load_in_8bit` (GPT-2 via bitsandbytes; CUDA only); `--enable_model_cpu_offload` if even
-that does not fit. The LLM is deleted and the CUDA cache emptied before the pipeline loads; the VAE decodes one image at
-a time; on a CUDA out-of-memory error the render batch is halved and retried (one note on stderr).
+Laptop GPU (6 GB): the defaults fit (see "GPU memory" below); `--load_in_8bit` shrinks GPT-2 (bitsandbytes, CUDA only)
+and `--enable_model_cpu_offload` helps if even SD1.5 does not fit. The LLM is deleted and the CUDA cache emptied before
+the pipeline loads; the VAE decodes one image at a time; on a CUDA out-of-memory error the render batch is halved and
+retried (one note on stderr).
 CPU smoke run with tiny local models: see tests/test_promptist_infer.py (`--model_name_or_path DIR
 --tokenizer_name_or_path DIR --pipeline_name_or_path DIR --height 64 --width 64 --num_inference_steps 2`).
 
@@ -102,7 +105,7 @@ class ScriptArguments:
     seed: int = field(default=0, metadata={"help": "Pair i uses seed + i for both of its images."})
     image_batch_size: int = field(
         default=2,
-        metadata={"help": "Prompt pairs per pipeline call (2x images); halved on CUDA out-of-memory. 2 fits 6 GB."},
+        metadata={"help": "Prompt pairs per call (2 images each), halved on CUDA OOM; SD1.5 512²: 2.5 GiB at 2."},
     )
     enable_model_cpu_offload: bool = field(default=False, metadata={"help": "diffusers CPU offload for small GPUs."})
     score: bool = field(
@@ -330,7 +333,7 @@ def setup_pipeline(pipe, args: ScriptArguments, device):
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # side-by-side comparisons need every image; the user may re-enable it in code
     if hasattr(getattr(pipe, "vae", None), "enable_slicing"):
-        pipe.vae.enable_slicing()  # SD1.5 512²: 384 MiB of decoder activations per image (benchmarks/promptist_bench.py)
+        pipe.vae.enable_slicing()  # SD1.5 512²: 0.38 GiB of decoder activations per image (promptist_bench.py)
     if args.enable_model_cpu_offload and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
     else:
