@@ -37,9 +37,11 @@ Usage (run from the repository root; bf16 LLM weights and autocast on CUDA, fp32
     # 8 GPUs (DDP: each rank holds the policy, Wan and the scorer and renders its own completions)
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 video_enhancer.py \\
         --config recipes/video_rl.yaml
-    # generation with vLLM (pip install vllm; optional): in the training processes, or on a separate GPU
+    # generation with vLLM (pip install vllm; optional). colocate: inside the training process, which then holds a
+    # second bf16 copy of the 14B, so one 141 GB H200 (memory.py: 54.5 GiB for the recipe + 0.35 x 141 GB; an estimate)
     accelerate launch video_enhancer.py --config recipes/video_rl.yaml --use_vllm true --vllm_mode colocate \\
-        --vllm_gpu_memory_utilization 0.3
+        --vllm_gpu_memory_utilization 0.35
+    # server: vLLM on its own GPU (80 GB holds the 14B in bf16), training on another; TRL pushes the merged LoRA
     CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model Qwen/Qwen2.5-14B-Instruct
     CUDA_VISIBLE_DEVICES=1 accelerate launch video_enhancer.py --config recipes/video_rl.yaml \\
         --use_vllm true --vllm_mode server
