@@ -45,7 +45,10 @@ Usage (run from the repository root; bf16 LLM weights and autocast on CUDA, fp32
     CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model Qwen/Qwen2.5-14B-Instruct
     CUDA_VISIBLE_DEVICES=1 accelerate launch video_enhancer.py --config recipes/video_rl.yaml \\
         --use_vllm true --vllm_mode server
-    # CPU smoke runs: tests/test_video_enhancer.py (tiny Qwen2, tiny Wan, tiny scorers, loopback API server)
+    # CPU smoke run (no device flags: without CUDA the script trains on the CPU in fp32) with small local models,
+    # e.g. the tiny ones tests/conftest.py builds; tests/test_video_enhancer.py runs both stages this way
+    python video_enhancer.py --config recipes/video_rl.yaml --sft_adapter <small LoRA> --video_model <small T2V> \\
+        --num_frames 5 --height 32 --width 32 --num_inference_steps 2 --max_steps 2 --max_completion_length 16
 Expected: SFT loss falls within the first epoch; stage-2 reward is noisy (upstream saw no clear trend in 50 steps).
 Hardware (recipes' headers): one 80 GB GPU per stage; per-GPU memory is computed by benchmarks/memory.py from the real
 configs (README table), not measured here (no GPU was available).
@@ -241,8 +244,9 @@ def check_video(args: "ScriptArguments"):
 
 
 def video_dtype(pipeline_class: str, device):
-    """bf16 on CUDA; the Wan VAE stays fp32 as in diffusers' Wan example (docs/source/en/api/pipelines/wan.md, which
-    loads AutoencoderKLWan in float32 beside a bf16 pipeline; WanPipeline casts latents to vae.dtype). fp32 on CPU."""
+    """bf16 on CUDA, with the Wan VAE in fp32 as diffusers documents it (docs/source/en/api/models/autoencoder_kl_wan.md
+    loads AutoencoderKLWan with float32; the Wan pipeline examples pass it beside a bf16 pipeline, and WanPipeline
+    casts the latents to vae.dtype before decoding). fp32 on CPU."""
     import torch
 
     if device.type != "cuda":
