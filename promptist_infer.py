@@ -510,7 +510,9 @@ def main(argv=None):
     try:
         args, positional = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except (OSError, IndexError, ValueError, yaml.YAMLError) as e:  # --config: no value, no file, bad YAML
-        fail(f"--config: {'needs a YAML file' if isinstance(e, IndexError) else str(e).splitlines()[0]}")
+        if isinstance(e, IndexError):
+            fail("--config needs a YAML file")
+        fail(f"--config {argv[argv.index('--config') + 1]}: {' '.join(str(e).split())}")
     unknown = [s for s in positional if s.startswith("-")]
     if unknown:
         fail(f"unrecognised arguments: {' '.join(unknown)}")

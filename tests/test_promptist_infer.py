@@ -272,16 +272,21 @@ def clip_at_cosine(src: str, dst, target: float) -> str:
     return str(dst)
 
 
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # openai/CLIP
+
+
 def reference_parts(clip_dir: str, head_path: str, base, opt, text: str) -> tuple[float, float, float]:
     """(aes baseline, aes optimised, cos) re-stated: CLIP image/text embeddings, L2-normalised; the aesthetic MLP as
-    five affine maps without activations (LAION improved-aesthetic-predictor, eval mode)."""
+    five affine maps without activations (LAION improved-aesthetic-predictor, eval mode). Square images only."""
     from transformers import CLIPModel, CLIPProcessor
 
     model, proc = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
     head = torch.load(head_path, weights_only=True)
 
-    def image_embedding(img):
-        px = proc(images=[img], return_tensors="pt")["pixel_values"]
+    def image_embedding(img):  # Promptist's `clip_preprocess` (OpenAI CLIP): bicubic resize (square in), CLIP norm
+        size = model.config.vision_config.image_size
+        x = torch.tensor(list(img.resize((size, size), Image.BICUBIC).getdata()), dtype=torch.float32) / 255
+        px = ((x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)).T.reshape(1, 3, size, size)
         return F.normalize(model.visual_projection(model.vision_model(pixel_values=px).pooler_output), dim=-1)
 
     def aesthetic(e):
@@ -366,6 +371,7 @@ BAD_FILES = {
     "pairs_dict.json": b'{"original": "a", "optimized": "b"}',
     "pairs_ok.json": b'[{"original": "a", "optimized": "b"}]',
     "a_file": b"",
+    "bad.yaml": b": : :\n  - [\n",
 }
 BAD = [  # (argv, message); {t} is a folder holding BAD_FILES
     (["a cat", "--model_name_or_path", "/tmp"], "--model_name_or_path /tmp: not a model folder (no config.json)"),
@@ -385,8 +391,9 @@ BAD = [  # (argv, message); {t} is a folder holding BAD_FILES
     (["a cat", "--device", "mps"], "--device mps: MPS is not available"),
     (["a cat", "--load_in_8bit", "--load_in_4bit"], "choose one of --load_in_8bit and --load_in_4bit"),
     (["a cat", "--num_beam", "4"], "unrecognised arguments: --num_beam"),
-    (["a cat", "--config", "/no/such.yaml"], "--config: [Errno 2] No such file"),
-    (["a cat", "--config"], "--config: needs a YAML file"),
+    (["a cat", "--config", "/no/such.yaml"], "--config /no/such.yaml: [Errno 2] No such file"),
+    (["a cat", "--config", "{t}/bad.yaml"], "--config {t}/bad.yaml: while parsing a block mapping"),
+    (["a cat", "--config"], "--config needs a YAML file"),
     (["   "], "empty prompt"),
     ([], "no prompt given"),
     (["--prompt_file", "/no/such/file.txt"], "prompt file not found: /no/such/file.txt"),
