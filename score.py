@@ -809,7 +809,8 @@ class HPSv3Scorer(Scorer):
         # upstream runs the language model WITHOUT position ids: 0..L-1 on all three M-RoPE axes, not Qwen2-VL's
         # multimodal rope index (right padding keeps every sample's positions)
         pos = torch.arange(ids.shape[1], device=self.device).expand(3, len(ids), -1)
-        hidden = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=pos).last_hidden_state
+        mask = None if batch["attention_mask"].all() else batch["attention_mask"]  # no padding: SDPA's causal kernel
+        hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).last_hidden_state
         reward = ids == self.reward_id
         if (reward.sum(1) != 1).any():
             raise ValueError("hpsv3: expected exactly one <|Reward|> token per prompt")
