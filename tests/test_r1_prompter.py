@@ -325,6 +325,29 @@ def test_policy_dtype_bf16_only_where_deepspeed_keeps_fp32_master_weights():
         assert r1.model_init_kwargs(ModelConfig(dtype=None), ta)["dtype"] == dtype
 
 
+@pytest.mark.parametrize(
+    "argv", [["--stage", "sft"], ["--config", "recipes/r1_sft.yaml"], ["--config", "recipes/r1_prompter.yaml"], []]
+)
+def test_stage_defaults_and_recipes_are_upstream(argv, monkeypatch):
+    """RePrompt qwen25-3b-full-sft.yaml (full SFT) and train_reprompt.py + vendored trl 0.16 (GRPO), both stage defaults
+    and recipes; the stage of a recipe comes from the yaml."""
+    seen = []
+    monkeypatch.setattr(r1, "train", lambda s, t, m: seen.append((s, t, m)))
+    monkeypatch.chdir(REPO)
+    r1.main(argv)
+    script, ta, model = seen[0]
+    sft = "sft" in " ".join(argv)
+    assert type(ta).__name__ == ("SFTConfig" if sft else "GRPOConfig") and script.stage == ("sft" if sft else "grpo")
+    assert not model.use_peft and ta.use_cpu  # full fine-tuning; no CUDA here: the CPU, picked by the script
+    if sft:
+        expected = dict(learning_rate=1e-5, num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.1,
+                        max_length=1024, per_device_train_batch_size=4, gradient_accumulation_steps=4)  # fmt: skip
+    else:
+        expected = dict(num_generations=4, learning_rate=2e-6, gradient_accumulation_steps=2, num_train_epochs=3,
+                        temperature=0.9, max_completion_length=256, beta=0.04)  # fmt: skip
+    assert {k: getattr(ta, k) for k in expected} == expected
+
+
 ########################
 # SFT cold start (issue 16 item 8): teacher data -> SFT -> greedy inference -> GRPO
 ########################
