@@ -80,7 +80,7 @@ LOCATIONS = {
     "imagereward_tokenizer": "bert-base-uncased",  # BLIP's tokenizer: BERT + [DEC] bos + [ENC]
     "mps_checkpoint": "",  # MPS_overall_checkpoint.pth (Google Drive link in the Kwai-Kolors/MPS README): give a path
     "mps_processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # MPS's CLIP config, image processor and tokenizer
-    "hpsv3_checkpoint": "MizzenAI/HPSv3",  # repo id, folder or HPSv3.safetensors (16.6 GB)
+    "hpsv3_checkpoint": "MizzenAI/HPSv3",  # repo id, folder or HPSv3.safetensors (8.29 B parameters)
     "hpsv3_base": "Qwen/Qwen2-VL-7B-Instruct",  # config, processor and chat template of the backbone
 }
 # Upstream precision on CUDA (the table above); CPU runs fp32. For hpsv2 it is the autocast dtype over fp32 weights.
