@@ -4,33 +4,34 @@
 Seven text-to-image metrics behind one interface, each loaded once and scored in batches. On CUDA each runs at the
 precision its upstream code ran at; on CPU everything runs in fp32; `dtype=` / `--dtype` overrides both.
 
-| name          | model                                                              | score (higher is better)                 | CUDA precision (upstream)            | typical       |
-|---------------|--------------------------------------------------------------------|------------------------------------------|--------------------------------------|---------------|
-| `hpsv2`       | HPSv2.1: open_clip ViT-H-14 + `xswu/HPSv2` `HPS_v2.1_compressed.pt` | cos(image, text), no logit scale         | fp32 weights, fp16 autocast          | 0.24-0.30     |
-| `clip`        | OpenAI CLIP ViT-L/14 (`openai/clip-vit-large-patch14`)             | raw cos(image, text): no x100, no clamp  | fp16 (OpenAI `clip.load` on CUDA)    | 0.26-0.29     |
-| `aesthetic`   | LAION improved aesthetic predictor (sac+logos+ava1 MLP) on the L2-normalised CLIP ViT-L/14 image embedding | MLP output | fp16 CLIP, fp32 MLP | 1-10 |
-| `pickscore`   | `yuvalkirstain/PickScore_v1`, processor `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` | logit_scale.exp() * cos     | fp32 (model card code)               | 18-24         |
-| `imagereward` | `THUDM/ImageReward` (`ImageReward.pt`, `med_config.json`) on transformers' BLIP modules | (r - 0.16717) / 1.03334, no +3.1 | fp32 (`RM.load`)      | -0.2-1.0      |
-| `mps`         | Kwai-Kolors MPS "overall" (`MPS_overall_checkpoint.pth`, a local file) + CLIP ViT-H-14 processor | logit_scale.exp() * cos(condition-masked cross-modal image feature, text) | fp16 (the checkpoint's) | 10-12.5 |
-| `hpsv3`       | HPSv3: `MizzenAI/HPSv3` `HPSv3.safetensors` = Qwen2-VL-7B-Instruct + ranknet head | mu of the head on the <|Reward|> token (sigma: `last_extras`) | bf16, fp32 head | 5.3-10.6 |
+| name | model | score (higher is better) | CUDA precision (upstream's) | typical |
+|---|---|---|---|---|
+| `hpsv2` | HPSv2.1: open_clip ViT-H-14 + `xswu/HPSv2` `HPS_v2.1_compressed.pt` | cos(image, text), no logit scale | fp32 weights, fp16 autocast | 0.24-0.30 |
+| `clip` | OpenAI CLIP ViT-L/14 (`openai/clip-vit-large-patch14`) | raw cos(image, text), not x100, no clamp | fp16 (`clip.load`) | 0.26-0.29 |
+| `aesthetic` | LAION improved aesthetic predictor (sac+logos+ava1 MLP) on the CLIP ViT-L/14 embedding | MLP output | fp16 CLIP, fp32 MLP | 1-10 |
+| `pickscore` | `yuvalkirstain/PickScore_v1`, processor `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` | logit_scale.exp() * cos | fp32 | 18-24 |
+| `imagereward` | `THUDM/ImageReward` (`ImageReward.pt`, `med_config.json`) on transformers' BLIP | (r - 0.16717) / 1.03334, no +3.1 | fp32 | -0.2-1.0 |
+| `mps` | MPS "overall" (`MPS_overall_checkpoint.pth`, local file) + CLIP ViT-H-14 processor | logit_scale.exp() * cos(masked cross-modal image feature, text) | fp16 (checkpoint) | 10-12.5 |
+| `hpsv3` | `MizzenAI/HPSv3` `HPSv3.safetensors`: Qwen2-VL-7B-Instruct + ranknet head | head's mu on <|Reward|> (sigma: `last_extras`) | bf16, fp32 head | 5.3-10.6 |
 
 Papers: HPSv2 (Wu et al. 2023, arXiv 2306.09341), CLIPScore (Hessel et al. 2021), LAION aesthetic predictor
 (github.com/christophschuhmann/improved-aesthetic-predictor), PickScore (Kirstain et al. 2023, arXiv 2305.01569),
 ImageReward (Xu et al. 2023, arXiv 2304.05977), MPS (Zhang et al. 2024, arXiv 2405.14705), HPSv3 (Ma et al., ICCV 2025,
-arXiv 2508.03789; typical = its benchmark's 12-category means, SD3-Medium 5.31 ... Kolors 10.55, unbounded).
+arXiv 2508.03789; typical = its benchmark's 12-category means, SD3-Medium 5.31 ... Kolors 10.55; unbounded).
 
-Pixels are upstream's: HPSv2 `preprocess_val` (tensor first, torchvision bicubic with antialias on the longest side,
-zero-pad); OpenAI CLIP's transform for `clip` and `aesthetic` (the OpenAI `clip` package both upstreams load:
-PIL bicubic short side, CenterCrop with its offset rounded); the PIL CLIP processor of transformers 4.2x for
-`pickscore` and `mps` (`backend="pil"`; transformers 5's default resizes uint8 tensors with torchvision, ±1 grey level);
-ImageReward's own torchvision transform; for `hpsv3` qwen-vl-utils' fixed 256*28*28 budget then the PIL processor.
+Pixels are upstream's: HPSv2 `preprocess_val` (float tensor first, torchvision bicubic with antialias on the longest
+side, zero-pad); OpenAI CLIP's transform for `clip`, `aesthetic` (the OpenAI `clip` package ImageReward's CLIPScore,
+which RLEPD's `score_clip` uses, and the LAION predictor load) and ImageReward (its `_transform` is the same): PIL
+bicubic short side, CenterCrop with its offset rounded; transformers 4.2x's PIL CLIP processor for `pickscore` and
+`mps` (`backend="pil"`; transformers 5's default resizes uint8 tensors with torchvision, ±1 grey level, and floors the
+crop offset); for `hpsv3` qwen-vl-utils' fixed 256*28*28-pixel resize, then the PIL Qwen2-VL processor.
 
 Differences from the reference packages:
 1. No `hpsv2` / `image-reward` / `hpsv3` dependency: the PyPI `hpsv2` wheel lacks its BPE vocabulary and pins
    pytest/protobuf, `image-reward` pins timm 0.6 and imports helpers that transformers 5 removed, `hpsv3` pins
    transformers 4.45. We load the very same weights: HPS into stock open_clip, ImageReward onto transformers'
-   `BlipVisionModel` / `BlipTextModel`, HPSv3 onto transformers' `Qwen2VLModel` + its head (every checkpoint tensor
-   is mapped; see `_imagereward_state_dict`, `_hpsv3_state_dict`).
+   `BlipVisionModel` / `BlipTextModel`, HPSv3 onto transformers 5's `Qwen2VLModel` + its head (every checkpoint tensor
+   is mapped; see `_imagereward_state_dict`, `_hpsv3_state_dict`); HPSv3's unused LM head is not loaded.
 2. `hpsv2.score` defaults to v2.0 and reloads the checkpoint on every call; we default to v2.1 and load once.
 3. Images are scored in batches; ImageReward's `inference_rank`, `hpsv2.score` and MPS's eval score one at a time.
 4. MPS's checkpoint is a whole pickled module of its repository's classes (transformers 4.27). A restricted unpickler
@@ -48,8 +49,8 @@ Library use (every model location is a hub id, a local folder or file; keyword >
 
 CLI (one tool for every metric; images sorted by path and paired with the prompts in order):
 
-    python score.py --metrics hpsv2,pickscore --images samples/epd --pattern "**/*.png" \
-        --prompts prompts.txt --output-json scores.json
+    python score.py --metrics hpsv2,pickscore,hpsv3 --images samples/epd --pattern "**/*.png" \
+        --prompts prompts.txt --output-json scores.json          # --dtype fp32 overrides every metric's precision
 
 Prompts: `.txt` (one per line), `.csv` (a `text` column) or `.json` (a list of strings). Prints a table and writes
 count/mean/std/min/max per metric plus every image's scores. User errors exit with code 2 and a one-line message

@@ -472,6 +472,18 @@ def ref_hpsv3(ref, image, prompt):
     return head(hidden[ids == tok.convert_tokens_to_ids("<|Reward|>")].float())[0]
 
 
+def hpsv3_upstream_state_dict(model, head) -> dict:
+    """The state dict HPSv3 saves, from a transformers 5 Qwen2VLForConditionalGeneration + head: transformers 4.45's
+    names (`model.*` = language model, `visual.*`, `lm_head.*`; see MizzenAI/HPSv3 issue #15), bf16 backbone, fp32
+    `rm_head.*`."""
+    renamed = {"model.language_model.": "model.", "model.visual.": "visual.", "lm_head.": "lm_head."}
+    state = {}
+    for key, value in model.state_dict().items():
+        prefix = next(p for p in renamed if key.startswith(p))
+        state[renamed[prefix] + key.removeprefix(prefix)] = value.to(torch.bfloat16).contiguous()
+    return {**state, **{f"rm_head.{k}": v.float().contiguous() for k, v in head.state_dict().items()}}
+
+
 def save_tiny_hpsv3(root):
     """A Qwen2-VL-7B-Instruct stand-in folder (flat config.json with the real categorical values, the real processor
     config and chat template) and HPSv3.safetensors with upstream's key names: transformers 4.45's layout (`model.*`
@@ -514,12 +526,7 @@ def save_tiny_hpsv3(root):
         nn.Linear(32, 1024), nn.ReLU(), nn.Dropout(0.05), nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2)
     )
     head.eval()
-    renamed = {"model.language_model.": "model.", "model.visual.": "visual.", "lm_head.": "lm_head."}
-    state = {}
-    for key, value in model.state_dict().items():
-        prefix = next(p for p in renamed if key.startswith(p))
-        state[renamed[prefix] + key.removeprefix(prefix)] = value.to(torch.bfloat16).contiguous()
-    state.update({f"rm_head.{k}": v.contiguous() for k, v in head.state_dict().items()})
+    state = hpsv3_upstream_state_dict(model, head)
     save_file(state, ckpt / "HPSv3.safetensors")
     return types.SimpleNamespace(model=model, head=head, tokenizer=processor.tokenizer, keys=sorted(state))
 
