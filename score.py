@@ -12,12 +12,12 @@ precision its upstream code ran at; on CPU everything runs in fp32; `dtype=` / `
 | `pickscore` | `yuvalkirstain/PickScore_v1`, processor `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` | logit_scale.exp() * cos | fp32 | 18-24 |
 | `imagereward` | `THUDM/ImageReward` (`ImageReward.pt`, `med_config.json`) on transformers' BLIP | (r - 0.16717) / 1.03334, no +3.1 | fp32 | -0.2-1.0 |
 | `mps` | MPS "overall" (`MPS_overall_checkpoint.pth`, local file) + CLIP ViT-H-14 processor | logit_scale.exp() * cos(masked cross-modal image feature, text) | fp16 (checkpoint) | 10-12.5 |
-| `hpsv3` | `MizzenAI/HPSv3` `HPSv3.safetensors`: Qwen2-VL-7B-Instruct + ranknet head | head's mu on <|Reward|> (sigma: `last_extras`) | bf16, fp32 head | 5.3-10.6 |
+| `hpsv3` | `MizzenAI/HPSv3` `HPSv3.safetensors`: Qwen2-VL-7B-Instruct + ranknet head | head's mu on <|Reward|> (sigma: `last_extras`) | bf16, fp32 head | -0.2-10.6 |
 
 Papers: HPSv2 (Wu et al. 2023, arXiv 2306.09341), CLIPScore (Hessel et al. 2021), LAION aesthetic predictor
 (github.com/christophschuhmann/improved-aesthetic-predictor), PickScore (Kirstain et al. 2023, arXiv 2305.01569),
 ImageReward (Xu et al. 2023, arXiv 2304.05977), MPS (Zhang et al. 2024, arXiv 2405.14705), HPSv3 (Ma et al., ICCV 2025,
-arXiv 2508.03789; typical = its benchmark's 12-category means, SD3-Medium 5.31 ... Kolors 10.55; unbounded).
+arXiv 2508.03789; typical = its benchmark's means: SD2 -0.24, SD3 5.31, SDXL 8.20, FLUX-dev 10.43, Kolors 10.55).
 
 Pixels are upstream's: HPSv2 `preprocess_val` (float tensor first, torchvision bicubic with antialias on the longest
 side, zero-pad); OpenAI CLIP's transform for `clip`, `aesthetic` (the OpenAI `clip` package ImageReward's CLIPScore,
