@@ -36,23 +36,23 @@ Differences from the paper / reference code:
 7. The policy loads in fp32 (bf16 autocast) unless DeepSpeed holds fp32 master weights (then bf16): an Adam step of
    lr 2e-6 is far below bf16's 2^-8 relative resolution, so pure-bf16 weights would not move.
 
-Usage (run from the repository root; recipes/accelerate/zero2.yaml = DeepSpeed ZeRO-2 like upstream's rl_ds2.yaml):
+Usage (run from the repository root). Full runs: 8 x 80 GB GPUs, DeepSpeed ZeRO-2 like upstream's rl_ds2.yaml (per-GPU
+memory: README, computed by benchmarks/memory.py); the launcher's --gradient_accumulation_steps must equal the run's.
     # 0. cold-start data from any OpenAI-compatible LLM (key from OPENAI_API_KEY); keeps what passes format + length
     python r1_prompter.py --make_sft_data runs/r1_sft.jsonl --data recipes/r1_prompts.txt --teacher_model gpt-4o
-    # 1. SFT (RePrompt stage 1), 8 GPUs
-    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 r1_prompter.py --stage sft \\
-        --data runs/r1_sft.jsonl --gpt_path Qwen/Qwen2.5-3B-Instruct --outdir runs/r1_sft
-    # 2. GRPO from the SFT model, 8 GPUs (the recipe = the same flags); add a judge with --judge_model gpt-4o
-    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 r1_prompter.py \\
-        --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft --outdir runs/r1
-    #    vLLM generation (optional `pip install vllm`, TRL supports 0.22-0.31): on the training GPUs ...
-    ...  --use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.2
-    #    ... or a server on GPU 0 and training on GPUs 1-7:
+    # 1. SFT (RePrompt stage 1; recipes/r1_sft.yaml = qwen25-3b-full-sft.yaml)
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 --gradient_accumulation_steps 4 \\
+        r1_prompter.py --config recipes/r1_sft.yaml
+    # 2. GRPO from the SFT model (recipes/r1_prompter.yaml = upstream's run); a judge: --judge_model gpt-4o
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 --gradient_accumulation_steps 2 \\
+        r1_prompter.py --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft
+    #    with vLLM generation (optional: pip install vllm; TRL supports 0.22-0.31) on the training GPUs: append
+    #    --use_vllm true --vllm_mode colocate ; or serve the policy on GPU 0 and train on GPUs 1-7:
     CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model runs/r1_sft
-    CUDA_VISIBLE_DEVICES=1,2,3,4,5,6,7 accelerate launch --config_file recipes/accelerate/zero2.yaml \\
-        --num_processes 7 r1_prompter.py --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft --outdir runs/r1 \\
+    CUDA_VISIBLE_DEVICES=1,2,3,4,5,6,7 accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 7 \\
+        --gradient_accumulation_steps 2 r1_prompter.py --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft \\
         --use_vllm true --vllm_mode server
-    # inference (no accelerate; laptop or CPU): prints the reasoning, then the final prompts, one per line
+    # inference (laptop or CPU, no accelerate): the reasoning, then one final prompt per line; several PNGs: out_i.png
     python r1_prompter.py "a red cube on top of a blue sphere" --gpt_path runs/r1 --generate_image out.png
     # evaluation: original vs reprompted images with the same seeds, scored with score.py
     python r1_prompter.py --eval_prompts recipes/r1_prompts.txt --gpt_path runs/r1 --outdir runs/r1_eval --n_images 4
@@ -180,7 +180,7 @@ def parse_completion(text: str) -> tuple[str, str] | None:
     if m is None:
         return None
     think, answer = (" ".join(body.split()) for body in m.groups())
-    if not think or not answer or any(tag in think + answer for tag in TAGS):
+    if not think or not answer or any(tag in body for body in (think, answer) for tag in TAGS):
         return None
     return think, answer
 
