@@ -450,6 +450,16 @@ def make_denoiser(pipe, guidance_scale: float | None, height: int, width: int):
     return (FlowDenoiser if name in FLOW_PIPELINES else SDDenoiser)(pipe, guidance, height, width)
 
 
+def setup(args: ScriptArguments, device):
+    """(denoiser, grid) for sampling and training; settles schedule/guidance "auto" if the class was unknown before."""
+    den = make_denoiser(load_pipeline(args.model_id, device), args.guidance_scale, args.height, args.width)
+    args.schedule = (
+        ("flowmatch" if isinstance(den, FlowDenoiser) else "discrete") if args.schedule == "auto" else args.schedule
+    )
+    args.guidance_scale = den.guidance
+    return den, den.sigmas(args.num_steps, args.schedule, args.rho).to(device)
+
+
 def initial_noise(seeds: list[int], shape, sigma_max: float, device):
     """One generator per image seed (RLEPD StackedRandomGenerator): any image can be regenerated from its seed."""
     noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
@@ -704,9 +714,7 @@ def sample(args: ScriptArguments, table, prompts: list[str]):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"))  # fmt: skip
     if device.type == "cpu":
         print("note: no GPU: sampling on the CPU in fp32")
-    pipe = load_pipeline(args.model_id, device)
-    den = make_denoiser(pipe, args.guidance_scale, args.height, args.width)
-    sigmas = den.sigmas(args.num_steps, args.schedule, args.rho).to(device)
+    den, sigmas = setup(args, device)
     params = {"epd": {"positions": table[0].to(device), "weights": table[1].to(device)} if table else {},
               "ipndm": {"max_order": args.max_order}}.get(args.solver, {})  # fmt: skip
     seq, evals = nfe(args.solver, args.num_steps, args.num_points)
@@ -747,9 +755,7 @@ def train(args: ScriptArguments, table, prompts: list[str]):
     mine = range(rank * b, (rank + 1) * b)  # this process's images in the global, prompt-major batch
 
     # models
-    pipe = load_pipeline(args.model_id, device)
-    den = make_denoiser(pipe, args.guidance_scale, args.height, args.width)
-    sigmas = den.sigmas(args.num_steps, args.schedule, args.rho).to(device)
+    den, sigmas = setup(args, device)
     weights_spec = score.parse_metric_weights(args.reward)
     reward_fn = make_reward_fn(den, score.MultiScorer(weights_spec, device=device), weights_spec)
     policy = DirichletPolicy(*(table or cold_start(args.num_steps, args.num_points, args.r_base, args.r_epsilon)),
@@ -769,7 +775,7 @@ def train(args: ScriptArguments, table, prompts: list[str]):
         accelerator.print(f"resumed from {out / 'checkpoint.pt'} at step {start}")
 
     # storage
-    settings = {k: getattr(args, k) for k in TABLE_SETTINGS} | {"guidance_scale": den.guidance}
+    settings = {k: getattr(args, k) for k in TABLE_SETTINGS}
     groups = args.rollout_batch_size // args.group_size
     accelerator.print(f"{world} process(es) x {b} images = {groups} prompts x {args.group_size} seeds per PPO step; "
                       f"NFE {nfe('epd', args.num_steps)[0]}; {len(prompts)} training prompts")  # fmt: skip
@@ -932,7 +938,7 @@ def validate(args: ScriptArguments, prompts: list[str], explicit: set[str]):
         table = (positions, weights)
     elif not training and args.solver == "epd":
         raise ValueError("sampling with the epd solver needs --table (or pick a baseline with --solver)")
-    if args.schedule == "auto":
+    if cls is not None and args.schedule == "auto":
         args.schedule = "flowmatch" if flow else "discrete"
     if cls is not None and (args.schedule == "flowmatch") != flow:
         raise ValueError(f"--schedule {args.schedule} does not fit {cls} ({'flowmatch' if flow else 'SD schedules: ' + ', '.join(SCHEDULES[:4])})")  # fmt: skip
