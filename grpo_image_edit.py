@@ -32,21 +32,21 @@ Differences from the reference code:
 5. Stock diffusers pipelines with `prompt_embeds` / `prompt_embeds_mask` (upstream: a private fork); -2509 renders one
    edit per call (diffusers 0.42 refuses batches for it), Qwen-Image-Edit in batches of --edit_batch_size.
 
-Memory (parameters counted on the meta device from the real configs, not measured): Qwen2.5-VL-7B 8.29 B (15.4 GiB
-bf16) of which LoRA r 128 on q,k,v,o trains 80.7 M (+0.9 GiB fp32 AdamW state and gradients); Qwen-Image DiT 20.43 B
-(38.05 GiB bf16); VAE 0.13 B (0.24 GiB). Per GPU that is ~54 GiB of weights before activations: upstream ran 8 x H200
-(141 GB) with DeepSpeed ZeRO-2. For 80 GB GPUs follow the table of benchmarks/memory.py (README): gradient
-checkpointing (on by default) and, where it says so, --pipeline_cpu_offload (the DiT and VAE wait in CPU RAM, 38 GiB
-per process, and move to the GPU once per reward call, for rendering only).
+Memory (computed, not measured: parameters counted on the meta device from the real configs by benchmarks/memory.py;
+activations estimated there): Qwen2.5-VL-7B 8.29 B (15.4 GiB bf16), LoRA r 128 on q,k,v,o 80.7 M trainable (1.2 GiB
+with fp32 gradients and AdamW state); Qwen-Image DiT 20.43 B (38.05 GiB bf16, not ~15 GB as upstream's note says);
+VAE 0.13 B (0.24 GiB). The recipe (8 x 80 GB, DeepSpeed ZeRO-2, activation checkpointing) comes to 65.5 GiB per GPU,
+84.6 GiB without checkpointing. --pipeline_cpu_offload is there for cards where it does not fit: the DiT and VAE wait
+in CPU RAM (38 GiB per process) and visit the GPU once per reward call, for rendering only. Upstream: 8 x H200 141 GB.
 
 Usage (run from the repository root; needs OPENAI_API_KEY for the judge, any value for a local server):
     accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 grpo_image_edit.py \\
-        --config recipes/image_edit_qwen7b.yaml --data my_edits.jsonl      # upstream's run, 8 x H200
+        --config recipes/image_edit_qwen7b.yaml --data my_edits.jsonl      # upstream's run, 8 x 80 GB GPUs
     python grpo_image_edit.py --image in.png "make the sky purple" --model_name_or_path runs/image_edit_qwen7b
     # CPU smoke run (tiny random models, loopback judge, no device flags): tests/test_grpo_image_edit.py
 Data: a JSONL of {"image": path, "instruction": str} (paths relative to the file) or a dataset id with those columns.
-Inference needs the DiT on one GPU (38 GiB bf16 + activations): a 48 GB+ card. Expected: the judge reward rises over
-the first hundreds of steps (upstream's claim; not run here, no GPU was available to this project).
+Inference holds the VLM and the DiT on one GPU (53.7 GiB of bf16 weights + activations): an 80 GB card. Expected
+result: upstream published none; not run here (no GPU was available to this project).
 """
 
 import asyncio
@@ -103,9 +103,7 @@ class ScriptArguments:
     )
     log_images_every: int = field(default=10, metadata={"help": "Save a captioned grid every N steps (0: never)."})
     # reward
-    judge_model: str = field(
-        default="gpt-4o-2024-11-20", metadata={"help": "OpenAI-compatible VLM judge (upstream's)."}
-    )
+    judge_model: str = field(default="gpt-4o-2024-11-20", metadata={"help": "OpenAI-compatible VLM judge (upstream's)."})  # fmt: skip
     judge_base_url: str | None = field(default=None, metadata={"help": "Judge base URL (default: OpenAI)."})
     judge_n_evals: int = field(default=1, metadata={"help": "Judge calls averaged per sample, >= 1."})
     judge_temperature: float | None = field(
@@ -114,9 +112,7 @@ class ScriptArguments:
     judge_timeout: float = field(default=120.0, metadata={"help": "Seconds per judge call (client default: 600)."})
     judge_retries: int = field(default=3, metadata={"help": "Retries per judge call (exponential backoff), >= 0."})
     if_weight: float = field(default=0.6, metadata={"help": "Reward weight of instruction following (upstream 0.6)."})
-    quality_weight: float = field(
-        default=0.4, metadata={"help": "Reward weight of perceptual quality (upstream 0.4)."}
-    )
+    quality_weight: float = field(default=0.4, metadata={"help": "Reward weight of perceptual quality (upstream 0.4)."})  # fmt: skip
     # inference
     image: str | None = field(default=None, metadata={"help": "Inference: the source image to edit."})
     output: str = field(default="edited.png", metadata={"help": "Inference: edited image path."})
@@ -158,9 +154,7 @@ def check_diffusers():
     from packaging.version import Version
 
     if Version(diffusers.__version__) < Version(MIN_DIFFUSERS):
-        raise ValueError(
-            f"diffusers>={MIN_DIFFUSERS} needed (found {diffusers.__version__}) for its Qwen-Image-Edit internals"
-        )
+        raise ValueError(f"diffusers>={MIN_DIFFUSERS} needed (found {diffusers.__version__}) for its Qwen-Image-Edit internals")  # fmt: skip
 
 
 def local_folder(path: str, markers: tuple[str, ...]) -> Path | None:
@@ -197,9 +191,7 @@ def check_policy(path: str):
     """A model folder or hub id; a LoRA folder's base model is checked too."""
     folder = local_folder(path, ("config.json", "adapter_config.json"))
     if folder is not None and (folder / "adapter_config.json").is_file():
-        local_folder(
-            json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"], ("config.json",)
-        )
+        local_folder(json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"], ("config.json",))  # fmt: skip
 
 
 def check_args(args: ScriptArguments, model_name: str):
@@ -231,40 +223,28 @@ def read_rows(data: str | None) -> list[dict]:
     """Records with a PIL `image` and an `instruction`; errors name the file and the 1-based line."""
     if not data:
         raise ValueError("give the training edits with --data (JSONL or a dataset id)")
-    p = Path(data).expanduser()
+    p, rows = Path(data).expanduser(), []
     if p.suffix == ".jsonl" or p.exists():
         if not p.is_file():
             raise ValueError(f"data file not found: {p}")
-        rows = []
         for n, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
             try:
-                r = json.loads(line)
+                r = json.loads(line) if line.strip() else None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}: record {n} is not valid JSON ({e.msg})") from None
-            if (
-                not isinstance(r, dict)
-                or not isinstance(r.get("image"), str)
-                or not str(r.get("instruction", "")).strip()
-            ):
+            if r is not None and (not isinstance(r, dict) or not isinstance(r.get("image"), str) or not str(r.get("instruction", "")).strip()):  # fmt: skip
                 raise ValueError(f'{p}: record {n} needs "image" (a path) and a non-empty "instruction"')
             try:
-                rows.append(
-                    {
-                        "image": open_image(str(p.parent / Path(r["image"]).expanduser())),
-                        "instruction": r["instruction"],
-                    }
-                )
+                rows += [{"image": open_image(str(p.parent / Path(r["image"]).expanduser())), "instruction": r["instruction"]}] if r else []  # fmt: skip
             except ValueError as e:
                 raise ValueError(f"{p}: record {n}: {e}") from None
     else:
         from datasets import load_dataset
 
-        rows = [
-            {"image": r["image"].convert("RGB"), "instruction": r["instruction"]}
-            for r in load_dataset(data, split="train")
-        ]
+        ds = load_dataset(data, split="train")
+        if missing := {"image", "instruction"} - set(ds.column_names):
+            raise ValueError(f"{data} has no column {' / '.join(sorted(missing))}")
+        rows = [{"image": r["image"].convert("RGB"), "instruction": r["instruction"]} for r in ds]
     if not rows:
         raise ValueError(f"no records in {data}")
     return rows
@@ -367,16 +347,13 @@ def render_edits(pipe, sources, embeds, mask, neg, neg_mask, seeds, args: Script
         pipe.to(device)
     try:
         for idx in chunks:
-            kw = dict(
-                true_cfg_scale=args.true_cfg_scale, num_inference_steps=args.num_inference_steps
-            )  # explicit: default 4.0
+            kw = dict(true_cfg_scale=args.true_cfg_scale, num_inference_steps=args.num_inference_steps)  # explicit CFG
             for name, e, m in (("prompt_embeds", embeds, mask), ("negative_prompt_embeds", neg, neg_mask)):
                 if e is not None:  # padding shared by the whole call is trimmed away
                     keep = int(m[idx].sum(1).max())
-                    kw.update({name: e[idx, :keep].to(device), f"{name}_mask": m[idx, :keep].to(device)})
-            image = (
-                sources[idx[0]] if is_plus(pipe) else [sources[i] for i in idx]
-            )  # Plus: a list = several references
+                    kw.update({name: e[idx, :keep], f"{name}_mask": m[idx, :keep]})
+            # Plus reads a list as several reference images for ONE edit
+            image = sources[idx[0]] if is_plus(pipe) else [sources[i] for i in idx]
             generator = [torch.Generator("cpu").manual_seed(seeds[i]) for i in idx]
             with torch.no_grad():
                 for i, im in zip(idx, pipe(image=image, generator=generator, **kw).images, strict=True):
@@ -490,13 +467,8 @@ def get_edit_reward(pipe, processor, args: ScriptArguments, state: dict):
             with open(Path(state["output_dir"]) / "traces.jsonl", "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             if args.log_images_every and step % args.log_images_every == 0:  # the main process's own edits
-                captions = [
-                    f"{i} | {t[:200]} | reward {r}" for i, t, r in zip(instruction, texts, rewards, strict=True)
-                ]
-                save_grid(
-                    Path(state["output_dir"]) / "grids" / f"step{step:06d}.png",
-                    list(zip(image[:8], edited[:8], captions[:8], strict=True)),
-                )
+                captions = [f"{i} | {t[:200]} | reward {r}" for i, t, r in zip(instruction, texts, rewards, strict=True)]  # fmt: skip
+                save_grid(Path(state["output_dir"]) / "grids" / f"step{step:06d}.png", list(zip(image[:8], edited[:8], captions[:8], strict=True)))  # fmt: skip
         return rewards
 
     return edit_reward
@@ -531,10 +503,8 @@ def train(args: ScriptArguments, training_args, model_args, rows: list[dict]):
     pipe = load_pipeline(args.pipeline, device, args.pipeline_cpu_offload)
     training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": model_args.dtype}
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    if processor.image_processor.size != pipe.processor.image_processor.size:
-        print(
-            f"warning: the policy's image processor bounds differ from the pipeline's: {processor.image_processor.size}"
-        )
+    if processor.image_processor.size != pipe.processor.image_processor.size:  # the views would differ
+        print(f"warning: the policy's image processor bounds differ from the pipeline's: {processor.image_processor.size}")  # fmt: skip
 
     ################
     # Dataset
@@ -585,9 +555,7 @@ def infer(args: ScriptArguments, model_args, instruction: str):
     import torch
 
     source = open_image(args.image)
-    device = torch.device(
-        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")  # fmt: skip
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, processor = load_policy(model_args.model_name_or_path, dtype)
     model = model.to(device).eval()
@@ -624,9 +592,7 @@ def main(argv=None):
         if skip and Path(a).is_file():
             import yaml
 
-            parser.set_defaults_with_config(
-                **{k: v for k, v in (yaml.safe_load(Path(a).read_text()) or {}).items() if k != "env"}
-            )
+            parser.set_defaults_with_config(**{k: v for k, v in (yaml.safe_load(Path(a).read_text()) or {}).items() if k != "env"})  # fmt: skip
         elif skip:
             fail(f"config file not found: {a}")
         elif a != "--config":

@@ -22,9 +22,12 @@ INSTR = "make the sky purple"
 
 
 def gradient(w: int, h: int, colour=(255, 96, 0)) -> Image.Image:
-    """A non-uniform source (a flat colour would hide resampling differences)."""
+    """A ramp in two channels and a fixed pseudo-random texture in the third (a smooth image would hide the
+    difference between resampling filters)."""
     ramp = Image.linear_gradient("L").resize((w, h))
-    return Image.merge("RGB", [ramp.point(lambda v, c=c: v * c // 255) for c in colour])
+    texture = Image.frombytes("L", (w, h), bytes((x * 7919 + y * 104729) % 251 for y in range(h) for x in range(w)))
+    r, g = (ramp.point(lambda v, c=c: v * c // 255) for c in colour[:2])
+    return Image.merge("RGB", [r, g, texture])
 
 
 def area_view(image: Image.Image, area: int) -> Image.Image:
@@ -164,7 +167,11 @@ def test_plus_renders_one_edit_per_call(plus, small_resize, monkeypatch):
     cond = G.edit_conditions(
         plus.text_encoder, plus.processor, plus, views, [INSTR] * 2, ["purple sky", "a boat"], args
     )
-    out = G.render_edits(plus, sources, *cond, [7, 7], args, torch.device("cpu"))
+    moves = []  # --pipeline_cpu_offload: DiT + VAE go to the device once for the whole reward call, then back
+    monkeypatch.setattr(plus, "to", lambda device: moves.append((str(device), len(calls))) or plus)
+    args.pipeline_cpu_offload = True
+    out = G.render_edits(plus, sources, *cond, [7, 7], args, torch.device("meta"))  # the spy moves nothing
+    assert moves == [("meta", 0), ("cpu", 2)]
     assert len(calls) == 2 and all(c["prompt_embeds"].shape[0] == 1 for c in calls)
     assert calls[1]["prompt_embeds"].shape[1] == int(cond[1][1].sum())  # padding trimmed per call
     assert out[0].tobytes() != out[1].tobytes()  # same seed, different completions: different edits
