@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["torch", "diffusers>=0.35", "transformers>=5.0", "accelerate>=1.10", "trl>=1.0", "safetensors",
+# dependencies = ["torch", "diffusers>=0.35", "transformers>=5.0", "accelerate>=1.10", "trl>=1.0",
 #                 "open_clip_torch>=3.0", "pillow>=10.0", "tqdm"]
 # ///
 """EPD parallel ODE solver for diffusion models, its baselines, and RLEPD's residual-Dirichlet PPO on the EPD table.
@@ -41,9 +41,13 @@ NFE (sequential denoiser calls per image, CFG counted once as in the paper) for 
     Paper rows: DDIM 20 = --num_steps 21; EPD "Step 10, NFE 20" = --num_steps 11 --num_points 2.
 
 Usage (run from the repository root; `python epd_ppo.py --help` lists every flag):
-    # PPO, paper-best SD1.5 settings (rollout 8 = 2 prompts x 4 seeds, lr 7e-5, concentration 20, HPSv2.1): one
-    # H200 in RLEPD (8.4 s/step); `accelerate launch --num_processes 8` splits each rollout over 8 GPUs, same update
+    # PPO, paper-best SD1.5 settings (rollout 8 = 2 prompts x 4 seeds, lr 7e-5, concentration 20, HPSv2.1) on ONE
+    # GPU (RLEPD: one H200, 8.4 s/step; frozen fp16 SD1.5 + the HPS ViT-H-14 scorer + a 35k-parameter policy: memory in
+    # the README's memory table). Plain DDP splits each rollout over GPUs and makes the same update; ZeRO/FSDP buy
+    # nothing for a 35k-parameter policy:
     accelerate launch epd_ppo.py --prompt_file prompts.txt --outdir runs/epd --total_steps 9000
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 epd_ppo.py \
+        --prompt_file prompts.txt --outdir runs/epd --rollout_batch_size 64    # 8 images per GPU
     # sample with the learned table (its own settings), and baselines on the same seeds; then score with score.py
     python epd_ppo.py --sample --table runs/epd/table.json --prompt_file test.txt --outdir samples/epd
     python epd_ppo.py --sample --solver ddim --num_steps 21 --prompt_file test.txt --outdir samples/ddim20
@@ -113,7 +117,7 @@ class ScriptArguments:
     seed: int = field(default=0, metadata={"help": "Training: rollouts seeded by (seed, step); sampling: first seed."})
     # sampling
     sample: bool = field(default=False, metadata={"help": "Sample images instead of training (implied by PROMPTs)."})
-    table: str | None = field(default=None, metadata={"help": "EPD table (.json/.safetensors): sample or start."})
+    table: str | None = field(default=None, metadata={"help": "EPD table (.json, as exported): sample or start."})
     batch_size: int = field(default=4, metadata={"help": "Images per sampling batch."})
     device: str | None = field(default=None, metadata={"help": "Sampling device (default cuda > mps > cpu)."})
     # RL (defaults: RLEPD run sd15_k20, the paper's SD1.5 row)
@@ -273,7 +277,21 @@ def nfe(solver: str, num_steps: int, num_points: int = 2) -> tuple[int, int]:
 ########################
 # Denoisers: D(x; sigma) of a diffusers pipeline, plus its grid, latent shape, prompts and decoder
 ########################
-class SDDenoiser:
+class Denoiser:
+    """Shared by both wrappers: `prompts` of the current batch (set_prompts) and the decoder."""
+
+    prompts: list[str] = []
+
+    @torch.no_grad()
+    def decode(self, x):
+        """The last grid state decoded as is (no final denoise, as upstream) to [0, 1] images [B, 3, H, W], with
+        x / scaling + shift as the SD/SD3/FLUX pipelines decode."""
+        vae = self.pipe.vae
+        img = vae.decode((x / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)).to(vae.dtype))
+        return ((img.sample.float() + 1) / 2).clamp(0, 1)
+
+
+class SDDenoiser(Denoiser):
     """SD1.x/2.x (RLEPD CFGPrecond): D = x - sigma eps_cfg(x / sqrt(sigma^2 + 1), T t(sigma) - 1), CFG as one batch."""
 
     def __init__(self, pipe, guidance_scale: float, height: int, width: int):
@@ -282,7 +300,6 @@ class SDDenoiser:
         self.v_prediction = pipe.scheduler.config.prediction_type == "v_prediction"
         self.dtype, self.device = pipe.unet.dtype, pipe.unet.device
         self.shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        self.prompts = []
 
     def sigmas(self, num_steps: int, schedule: str, rho: float):
         return get_sigmas(num_steps, schedule, rho=rho, alphas_cumprod=self.pipe.scheduler.alphas_cumprod)
@@ -309,13 +326,8 @@ class SDDenoiser:
             out = (sig.view(-1, 1, 1, 1).to(x) * c_in) * (c_in * x) + c_in * out
         return x - sigma.view(-1, 1, 1, 1).to(x) * out
 
-    @torch.no_grad()
-    def decode(self, x):
-        """The state at sigma_min decoded as is (no final denoise, as upstream) to [0, 1] images [B, 3, H, W]."""
-        return decode_latents(self.pipe.vae, x)
 
-
-class FlowDenoiser:
+class FlowDenoiser(Denoiser):
     """SD3 / FLUX: x = x_t, sigma = t, D(x_t; t) = x_t - t v(x_t, t) (RLEPD HEAD models/backends/*_diffusers_backend).
 
     The grid is the scheduler's own: set_timesteps(N) (shifted; FLUX with mu from the image length) without the
@@ -336,7 +348,6 @@ class FlowDenoiser:
                 self.shape[2] // self.model.config.patch_size
             )
         self.cfg = not self.flux and guidance_scale > 1  # SD3: true CFG; FLUX-dev: guidance is a model input
-        self.prompts = []
 
     def sigmas(self, num_steps: int, schedule: str, rho: float):
         if schedule != "flowmatch":
@@ -392,17 +403,6 @@ class FlowDenoiser:
                 v_u, v_c = v.float().chunk(2)
                 v = v_u + self.guidance * (v_c - v_u)
         return x - t.view(-1, 1, 1, 1).to(x) * v.float()
-
-    @torch.no_grad()
-    def decode(self, x):
-        return decode_latents(self.pipe.vae, x)
-
-
-def decode_latents(vae, x):
-    """Latents -> [0, 1] images [B, 3, H, W] (x / scaling + shift, as the SD/SD3/FLUX pipelines decode)."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    img = vae.decode((x / vae.config.scaling_factor + shift).to(vae.dtype)).sample
-    return ((img.float() + 1) / 2).clamp(0, 1)
 
 
 def pipeline_class(model_id: str) -> str | None:
@@ -491,28 +491,19 @@ def sanitize_table(positions, weights, eps: float = 1e-6):
 
 
 def load_table(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(positions, weights, settings) from a .json table (or .safetensors: positions/weights only)."""
+    """(positions, weights, settings) from a JSON table as save_table writes it."""
     if not Path(path).is_file():
         raise ValueError(f"--table: no such file: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        data, meta = load_file(path), {}
-    else:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--table {path}: invalid JSON (line {e.lineno}: {e.msg})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"--table {path}: expected a JSON object with positions and weights")
-        meta = {k: raw[k] for k in TABLE_SETTINGS if raw.get(k) is not None}
-        try:
-            data = {k: torch.tensor(raw[k], dtype=torch.float32) for k in ("positions", "weights")}
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"--table {path}: needs numeric 2-D `positions` and `weights` ({e})") from None
-    if "positions" not in data or "weights" not in data or data["positions"].dim() != 2:
-        raise ValueError(f"--table {path}: needs 2-D `positions` and `weights`")
-    return data["positions"].float(), data["weights"].float(), meta
+    try:
+        raw = json.loads(Path(path).read_text())
+        pos, w = (torch.tensor(raw[k], dtype=torch.float32) for k in ("positions", "weights"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--table {path}: invalid JSON (line {e.lineno}: {e.msg})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"--table {path}: needs numeric 2-D `positions` and `weights` ({e!r})") from None
+    if pos.dim() != 2:
+        raise ValueError(f"--table {path}: needs numeric 2-D `positions` and `weights`")
+    return pos, w, {k: raw[k] for k in TABLE_SETTINGS if raw.get(k) is not None}
 
 
 def check_table(positions, weights, num_steps: int, num_points: int):

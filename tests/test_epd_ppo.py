@@ -555,6 +555,9 @@ BAD = {  # name -> (extra argv, expected message part); {model} = the tiny SD1.5
     "reward_weight": (["--reward", "hpsv2:x"], "must be a number"),
     "unknown_flag": (["--num_step", "4"], "unrecognised arguments: --num_step"),
     "outdir_file": (["--outdir", "{tmp}/p.csv"], "is a file"),
+    "resume_other_settings": (["--outdir", "{tmp}/oldrun"], "was trained with --num_steps 5, not 3"),
+    "config_missing": (["--config", "{tmp}/none.yaml"], "--config"),
+    "config_unknown_key": (["--config", "{tmp}/c.yaml"], "unrecognised arguments: --num_stepz"),
 }
 
 
@@ -567,6 +570,9 @@ def bad_files(tmp):
     (tmp / "empty.txt").write_text("\n  \n")
     (tmp / "p.csv").write_text("caption,id\na cat,1\n")
     (tmp / "p.txt").write_text("a cat\n")
+    (tmp / "c.yaml").write_text("num_stepz: 4\n")
+    (tmp / "oldrun").mkdir()
+    torch.save({"settings": {"num_steps": 5, "num_points": 2}}, tmp / "oldrun" / "checkpoint.pt")
 
 
 @pytest.mark.parametrize("case", list(BAD))
