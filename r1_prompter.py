@@ -108,22 +108,14 @@ MODEL_FILES = ("config.json", "adapter_config.json")
 @dataclass
 class ScriptArguments:
     # data and models (upstream CLI names)
-    data: str | None = field(
-        default=None,
-        metadata={"help": 'GRPO/--make_sft_data: prompts (.txt lines, .json/.jsonl `prompt`, a dataset id); SFT: .jsonl '
-                  'of {"prompt", "completion"}.'},
-    )  # fmt: skip
-    gpt_path: str | None = field(
-        default=None, metadata={"help": "Policy LLM (hub id or folder); = --model_name_or_path."}
-    )
-    sdmodel_name: str = field(
-        default="black-forest-labs/FLUX.1-dev", metadata={"help": "Any diffusers text-to-image pipeline."}
-    )
+    data: str | None = field(default=None, metadata={"help": "Prompts (.txt/.json/.jsonl/dataset id); SFT: .jsonl."})
+    gpt_path: str | None = field(default=None, metadata={"help": "Policy LLM (hub id or folder)."})
+    sdmodel_name: str = field(default="black-forest-labs/FLUX.1-dev", metadata={"help": "Text-to-image pipeline."})
     outdir: str | None = field(default=None, metadata={"help": "Output folder (training: the trainer's output_dir)."})
     stage: str = field(default="grpo", metadata={"help": "grpo (RL) or sft (RePrompt's cold start on teacher data)."})
     # rewards
     image_metrics: str = field(
-        default="imagereward", metadata={"help": 'score.py metrics with weights, e.g. "imagereward:1,hpsv2:1".'}
+        default="imagereward", metadata={"help": 'score.py metrics, e.g. "imagereward:1,hpsv2:1".'}
     )
     image_batch_size: int = field(default=8, metadata={"help": "Images per pipeline call (>= 1)."})
     num_inference_steps: int = field(default=50, metadata={"help": "Denoising steps (upstream FLUX: 50)."})
@@ -135,25 +127,17 @@ class ScriptArguments:
     max_words: int = field(default=76, metadata={"help": "Length reward upper bound (inclusive; upstream: < 77)."})
     log_images_every: int = field(default=10, metadata={"help": "Save a captioned grid every N steps (0: never)."})
     judge_model: str | None = field(default=None, metadata={"help": "VLM judge model name; enables the judge reward."})
-    judge_base_url: str | None = field(
-        default=None, metadata={"help": "Judge's OpenAI-compatible URL (default: OpenAI)."}
-    )
+    judge_base_url: str | None = field(default=None, metadata={"help": "Judge's OpenAI-compatible URL (or OpenAI)."})
     judge_retries: int = field(default=3, metadata={"help": "Retries per judge/teacher call (exponential backoff)."})
     judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge/teacher call."})
     # SFT cold start
-    make_sft_data: str | None = field(
-        default=None, metadata={"help": "Write teacher SFT data for the --data prompts to this .jsonl, then exit."}
-    )
+    make_sft_data: str | None = field(default=None, metadata={"help": "Write teacher SFT data to this .jsonl; exit."})
     teacher_model: str | None = field(default=None, metadata={"help": "Teacher LLM for --make_sft_data."})
     teacher_base_url: str | None = field(default=None, metadata={"help": "Teacher's OpenAI-compatible URL."})
     # inference and evaluation
-    eval_prompts: str | None = field(
-        default=None, metadata={"help": "Evaluate: render original vs reprompted prompts."}
-    )
+    eval_prompts: str | None = field(default=None, metadata={"help": "Evaluate: original vs reprompted prompts."})
     n_images: int = field(default=4, metadata={"help": "Evaluation images per prompt (same seeds for both; >= 1)."})
-    generate_image: str | None = field(
-        default=None, metadata={"help": "Inference: render the final prompt(s) to this PNG (several: NAME_i.png)."}
-    )
+    generate_image: str | None = field(default=None, metadata={"help": "Inference: PNG to render (several: NAME_i)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Inference: greedy decoding budget (upstream: 512)."})
     image_seed: int = field(default=42, metadata={"help": "Inference/evaluation seed (eval image i: image_seed + i)."})
 
@@ -398,25 +382,22 @@ def read_records(path: str) -> list:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"data file not found: {path}")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            try:
+    text, rows, n = p.read_text(encoding="utf-8"), [], 0
+    try:
+        if p.suffix == ".jsonl":
+            for n, line in enumerate(text.splitlines(), 1):  # noqa: B007 (n: named in the error below)
                 rows.append(json.loads(line) if line.strip() else None)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: record {i}: invalid JSON ({e.msg})") from None
-        return rows
-    if p.suffix == ".json":
-        try:
+        elif p.suffix == ".json":
             rows = json.loads(text or "[]")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
-        rows = rows["prompt"] if isinstance(rows, dict) and isinstance(rows.get("prompt"), list) else rows
-        if not isinstance(rows, list):
-            raise ValueError(f'{path}: expected a JSON list of records or {{"prompt": [...]}}')
-        return rows
-    return text.splitlines()
+        else:
+            return text.splitlines()
+    except json.JSONDecodeError as e:
+        where = f"record {n}" if p.suffix == ".jsonl" else f"line {e.lineno} column {e.colno}"
+        raise ValueError(f"{path}: {where}: invalid JSON ({e.msg})") from None
+    rows = rows["prompt"] if isinstance(rows, dict) and isinstance(rows.get("prompt"), list) else rows
+    if not isinstance(rows, list):
+        raise ValueError(f'{path}: expected a JSON list of records or {{"prompt": [...]}}')
+    return rows
 
 
 def read_prompts(path: str) -> list[str]:
@@ -816,10 +797,10 @@ def main(argv=None):
     if mode:  # no trainer config, no accelerate state
         parser = TrlParser((ScriptArguments,), allow_abbrev=False, usage=USAGE)
         parser.error = fail  # argparse's own errors in one line too
-        args, rest = parser.parse_args_and_config(argv, return_remaining_strings=True)
-        if [r for r in rest if r.startswith("-")] or (mode != "infer" and rest):
-            fail(f"not an option of {mode}: {' '.join(rest)}")
-        try:
+        try:  # a recipe's trainer keys are ignored here; the command line's leftovers are the prompts
+            args, _, rest = parser.parse_args_and_config(argv, return_remaining_strings=True, separate_remaining_strings=True)  # fmt: skip
+            if [r for r in rest if r.startswith("-")] or (mode != "infer" and rest):
+                raise ValueError(f"not an option of {mode}: {' '.join(rest)}")
             if any(not p.strip() for p in rest):
                 raise ValueError("empty prompt")
             check_args(args, mode)

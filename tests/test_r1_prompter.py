@@ -600,6 +600,12 @@ def test_eval_renders_the_reprompt(tiny_qwen2, tiny_sd15, tiny_scorers, monkeypa
 ########################
 # CLI: --help, bad input in one line before any weights load (issue 14)
 ########################
+def test_inference_reads_a_training_recipe(tiny_qwen2, capsys):
+    """A recipe's trainer keys are not prompts: inference with the smoke recipe keeps the command line's prompt."""
+    r1.main(["--config", str(REPO / "recipes" / "r1_prompter_smoke.yaml"), "a cat", "--gpt_path", tiny_qwen2, "--max_new_tokens", "2"])  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[-1] == "a cat"
+
+
 def test_help_lists_own_flags_first_grouped(capsys):
     with pytest.raises(SystemExit) as exc:
         r1.main(["--help"])
@@ -650,6 +656,8 @@ BAD = {  # case -> (argv, expected message); {qwen} {sd} {tmp} {prompts} filled 
     "vllm": (["--use_vllm", "true"], "--use_vllm needs vLLM"),
     "quant_no_peft": (["--load_in_4bit", "true"], "add --use_peft true"),
     "generations": (["--num_generations", "3"], "num_generations"),
+    "config_missing": (["--config", "{tmp}/nope.yaml"], "nope.yaml"),
+    "infer_config_missing": (["a cat", "--gpt_path", "{qwen}", "--config", "{tmp}/nope.yaml"], "nope.yaml"),
 }  # fmt: skip
 
 
