@@ -103,7 +103,7 @@ class ScriptArguments:
     num_steps: int = field(default=11, metadata={"help": "Noise levels N >= 2 (N-1 steps); EPD table rows = N-1."})
     num_points: int = field(default=2, metadata={"help": "EPD parallel points K >= 1 per step."})
     schedule: str = field(
-        default="auto", metadata={"help": f"auto (discrete for SD, flowmatch for SD3/FLUX) or one of {SCHEDULES}."}
+        default="auto", metadata={"help": f"auto (discrete for SD, flowmatch for SD3/FLUX) | {' | '.join(SCHEDULES)}."}
     )
     rho: float = field(default=1.0, metadata={"help": "Schedule exponent > 0 (7 for EDM's polynomial)."})
     max_order: int = field(default=4, metadata={"help": "iPNDM order 1-4 (the paper's iPNDM rows use 3)."})
@@ -830,7 +830,7 @@ def train(args: ScriptArguments, table, prompts: list[str]):
 # CLI: parse, validate everything that needs no weights, dispatch
 ########################
 HELP_GROUPS = {"model_id": "model and solver", "sample": "sampling", "r_base": "RL (PPO training)"}
-USAGE = "python epd_ppo.py [PROMPT ...] [options]   (PROMPTs or --sample: sampling; otherwise PPO training)"
+USAGE = "python epd_ppo.py [PROMPT ...] [--config FILE.yaml] [options]   (PROMPTs or --sample: sampling; otherwise PPO training)"
 
 
 def fail(message: str):
@@ -852,6 +852,8 @@ def make_parser():
             parser._optionals._group_actions.remove(action)
             group._group_actions.append(action)
     parser._optionals.title = "other"
+    parser._action_groups.remove(parser._optionals)  # the script's own groups first
+    parser._action_groups.append(parser._optionals)
     return parser
 
 

@@ -154,6 +154,16 @@ def test_advantages_same_prompt_and_mixed_prompt():
     assert E.advantages(r, 4, mixed_prompt=True).tolist() == pytest.approx(expected.tolist(), abs=1e-6)
 
 
+def test_reward_normalisation_covers_the_metrics_and_hpsv3():
+    import score
+
+    assert set(score.METRICS) - {"mps"} <= set(E.NORMALISE)  # MPS has no RLEPD normalisation: refused up front
+    hps3 = E.NORMALISE["hpsv3"](torch.tensor([E.HPSV3_RANGE[0] - 1, 10.55, E.HPSV3_RANGE[1] + 1]))
+    assert hps3.tolist() == pytest.approx(
+        [0.0, (10.55 - E.HPSV3_RANGE[0]) / (E.HPSV3_RANGE[1] - E.HPSV3_RANGE[0]), 1.0]
+    )
+
+
 def analytic_setup(lr=1e-2):
     """EPD (N 4, K 2) on Gaussian data; reward = -squared error of the final state vs the exact ODE solution."""
     sigmas = E.get_sigmas(4, "logsnr")
@@ -598,6 +608,7 @@ def test_bad_input_from_the_real_cli_and_grouped_help(tmp_path):
     heads = [h for h in ("model and solver:", "sampling:", "RL (PPO training):") if h in help_text]
     assert heads == ["model and solver:", "sampling:", "RL (PPO training):"]
     assert help_text.index("--model_id") < help_text.index("sampling:") < help_text.index("--table")
+    assert help_text.index("RL (PPO training):") < help_text.index("other:") and "[--config FILE.yaml]" in help_text
 
 
 ########################
