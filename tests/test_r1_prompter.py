@@ -408,11 +408,19 @@ def sft_chain(tiny_qwen2, _openai_server_session, tmp_path_factory):
                      "--teacher_base_url", server.base_url, "--judge_retries", "0"])  # fmt: skip
         requests = list(server.requests)
         server.reset()
+        import trl
+
+        trainers, original = [], trl.SFTTrainer.train
+        mp.setattr(trl.SFTTrainer, "train", lambda self, **kw: trainers.append(self) or original(self, **kw))
         r1.main(["--stage", "sft", "--gpt_path", tiny_qwen2, "--data", str(tmp / "sft.jsonl"), "--outdir", str(tmp / "sft"),
                  "--max_steps", "80", "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
                  "--per_device_train_batch_size", "9", "--gradient_accumulation_steps", "1", "--report_to", "none",
                  "--save_strategy", "no", "--gradient_checkpointing", "false"])  # fmt: skip
-    return dict(dir=tmp, report=out.getvalue(), requests=requests, model=str(tmp / "sft"))
+    row = trainers[0].train_dataset[0]
+    tok = trainers[0].processing_class
+    trained = tok.decode([label for label in row["labels"] if label != -100])  # the tokens the loss sees
+    return dict(dir=tmp, report=out.getvalue(), requests=requests, model=str(tmp / "sft"), trained=trained,
+                completion_only=trainers[0].args.completion_only_loss)  # fmt: skip
 
 
 def test_sft_chain_data_loss_inference(sft_chain, tiny_qwen2, capsys):
@@ -431,6 +439,10 @@ def test_sft_chain_data_loss_inference(sft_chain, tiny_qwen2, capsys):
     records = [json.loads(line) for line in (sft_chain["dir"] / "sft.jsonl").read_text().splitlines()]
     assert len(records) == 9 and r1.format_reward([r["completion"] for r in records]) == [1.0] * 9
     assert {r["completion"] for r in records} == {TEACHER.format(c) for c in ("red", "purple", "yellow")}
+    # the loss covers exactly the completion and the end-of-turn token after the training chat prompt
+    assert (
+        sft_chain["completion_only"] is not False and sft_chain["trained"] == records[0]["completion"] + "<|im_end|>\n"
+    )
     before, after = completion_nll(tiny_qwen2, records), completion_nll(sft_chain["model"], records)
     assert after < 0.1 < 5 < before  # ~log(vocab) before; only the colour (log 3 over ~60 tokens) remains after
     r1.main([CUBE, "--gpt_path", sft_chain["model"], "--max_new_tokens", "120"])
