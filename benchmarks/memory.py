@@ -114,6 +114,11 @@ ARCHS = {
                               text_config=dict(vocab_size=30524, hidden_size=768, intermediate_size=3072,
                                                num_hidden_layers=12, num_attention_heads=12,
                                                encoder_hidden_size=1024))),
+    # HPSv3's backbone: Qwen2-VL-7B-Instruct without the LM head (score.py loads Qwen2VLModel + a small head)
+    "qwen2-vl-7b-reward": ("transformers.Qwen2VLModel", "transformers.Qwen2VLConfig",
+                           dict(text_config=QWEN_TEXT,
+                                vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4,
+                                                   num_heads=16, patch_size=14, spatial_merge_size=2))),
     "gpt2": ("transformers.GPT2LMHeadModel", "transformers.GPT2Config", dict()),  # GPT-2 small (Promptist)
 }  # fmt: skip
 
@@ -146,6 +151,7 @@ PIPELINES = {  # hub id -> (component, dtype bytes on CUDA as the scripts load i
     "stable-diffusion-v1-5/stable-diffusion-v1-5": [("sd15-unet", 2), ("sd-vae", 2), ("clip-text-l", 2)],
     # the Edit pipeline is loaded WITHOUT its text encoder: the policy VLM is that encoder
     "Qwen/Qwen-Image-Edit": [("qwen-image-dit", 2), ("qwen-image-vae", 2)],
+    "Qwen/Qwen-Image-Edit-2509": [("qwen-image-dit", 2), ("qwen-image-vae", 2)],
     # Wan: transformer + UMT5 bf16, VAE fp32 (diffusers' Wan example)
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": [("wan-1.3b-dit", 2), ("umt5-xxl", 2), ("wan-vae", 4)],
 }
@@ -165,7 +171,8 @@ SCORERS = {  # score.py metric -> (architecture, bytes per parameter at its upst
     "imagereward": ("imagereward-blip", 4),
     "hpsv2": ("clip-vit-h-14", 4),  # fp32 weights, fp16 autocast (upstream)
     "pickscore": ("clip-vit-h-14", 4),
-    "mps": ("clip-vit-h-14", 4),
+    "mps": ("clip-vit-h-14", 2),
+    "hpsv3": ("qwen2-vl-7b-reward", 2),  # Qwen2-VL-7B without its LM head + reward head, bf16
     "clip": ("clip-vit-l-14", 2),
     "aesthetic": ("clip-vit-l-14", 2),
 }
@@ -283,15 +290,23 @@ def recipe_rows(path: Path, config: str, n: int) -> tuple[list[Row], dict]:
     elif name.startswith("image_edit"):
         arch = POLICIES[cfg["model_name_or_path"]]
         comp = cfg.get("max_completion_length", 1024)
-        seq = 1536 + 100 + comp  # ~1 MP view (<= 1,536 image tokens) + template + completion
+        pipeline = cfg.get("pipeline", "Qwen/Qwen-Image-Edit-2509")
+        plus = pipeline.endswith("2509")  # Plus: the VLM sees a 384² view, one edit per pipeline call
+        seq = (190 if plus else 1536) + 100 + comp  # image tokens of the VLM view + template + completion
+        eb = 1 if plus else cfg.get("edit_batch_size", 4)
         rows = policy_rows(arch, cfg, n, config, False)
-        rows += frozen_rows(PIPELINES[cfg.get("pipeline", "Qwen/Qwen-Image-Edit")])
-        eb = cfg.get("edit_batch_size", 4)
+        pipe_rows = frozen_rows(PIPELINES[pipeline])
+        # target + condition latents (2 x 4,096 tokens at 1 MP) + the conditioning text; VAE decode at 1 MP
+        render = activations_dit(3072, eb, 2 * 4096 + seq - 100) + eb * VAE_PER_MP
+        if cfg.get("pipeline_cpu_offload"):  # DiT + VAE live in CPU RAM and visit the GPU only to render
+            render += sum(r.gib for r in pipe_rows) * GIB
+            rows.append(Row("DiT + VAE (offloaded; counted while rendering)", 0.0, "CPU RAM between renders"))
+        else:
+            rows += pipe_rows
         phases = {
             "generation (KV cache)": activations_llm_generate(arch, b, seq),
             "training step": activations_llm_train(arch, b, seq, comp, ckpt),
-            # target + condition latents (2 x 4,096 tokens at 1 MP) + ~1,600 text tokens; VAE decode at 1 MP
-            "rendering": activations_dit(3072, eb, 2 * 4096 + 1600) + eb * VAE_PER_MP,
+            "rendering": render,
         }
     elif name.startswith("video_"):
         arch = POLICIES[cfg.get("model_name_or_path", "Qwen/Qwen2.5-14B-Instruct")]
@@ -299,6 +314,9 @@ def recipe_rows(path: Path, config: str, n: int) -> tuple[list[Row], dict]:
                "lora_target_modules": cfg.get("lora_target_modules", ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                       "gate_proj", "up_proj", "down_proj"])}  # fmt: skip
         rows = policy_rows(arch, cfg, n, config, False)
+        if cfg.get("stage") == "rl" and cfg.get("beta", 0.0) > 0:  # TRL keeps the SFT adapter as a frozen "ref" copy
+            lp = lora_params(arch, cfg["lora_r"], cfg["lora_target_modules"])
+            rows.append(Row("reference adapter (beta > 0)", lp * 4 / GIB, f"{lp / 1e6:.1f} M x 4 B"))
         if cfg.get("stage") == "rl":
             comp = cfg.get("max_completion_length", 256)
             rows += frozen_rows(PIPELINES[cfg["video_model"]])
