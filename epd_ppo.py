@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["torch", "diffusers>=0.35", "transformers>=5.0", "accelerate>=1.10", "trl>=1.0",
+# dependencies = ["torch", "diffusers>=0.40", "transformers>=5.0", "accelerate>=1.10", "trl>=1.0",
 #                 "open_clip_torch>=3.0", "pillow>=10.0", "tqdm"]
 # ///
 """EPD parallel ODE solver for diffusion models, its baselines, and RLEPD's residual-Dirichlet PPO on the EPD table.

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.35", "trl>=1.0", "peft>=0.17", "accelerate>=1.10",
+# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.40", "trl>=1.16", "peft>=0.17", "accelerate>=1.10",
 #                 "openai>=1.60", "pydantic>=2.0", "datasets>=3.0", "pillow>=10.0"]
 # ///
 """GRPO of Qwen2.5-VL (LoRA) as the text encoder of Qwen-Image-Edit, rewarded by a VLM judge of the edited image.
@@ -65,7 +65,7 @@ from pathlib import Path
 # bitsandbytes (imported by peft) logs a missing optional CPU kernel on import; it is not used here
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-MIN_DIFFUSERS = "0.35.0"  # prompt_template_encode / _start_idx and calculate_dimensions as read here (0.42.1)
+MIN_DIFFUSERS = "0.40.0"  # prompt_template_encode / _start_idx and calculate_dimensions as read here (0.42.1); dtype= in from_pretrained (0.40)
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the text encoder both pipelines ship with
 EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")
 PLUS_IMAGE_PREFIX = "Picture 1: "  # QwenImageEditPlusPipeline._get_qwen_prompt_embeds, img_prompt_template, one image

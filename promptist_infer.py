@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.35", "trl>=1.0", "accelerate>=1.10", "pillow>=10.0",
+# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.40", "trl>=1.0", "accelerate>=1.10", "pillow>=10.0",
 #                 "tqdm"]
 # ///
 """Promptist: rewrite a plain prompt into one Stable Diffusion renders better, and show both images side by side.

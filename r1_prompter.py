@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.40", "trl>=1.0", "peft>=0.17", "accelerate>=1.10",
+# dependencies = ["torch", "transformers>=5.0", "diffusers>=0.40", "trl>=1.16", "peft>=0.17", "accelerate>=1.10",
 #                 "openai>=1.60", "pydantic>=2.0", "datasets>=3.0", "open_clip_torch>=3.0", "pillow>=10.0"]
 # ///
 """R1-style GRPO reprompter: an LLM thinks, then writes an image prompt; a diffusion pipeline renders it; rewards.

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import torch
@@ -83,7 +82,7 @@ def main():
     edited = batched4[1]
 
     state = conftest.OpenAIServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), conftest._make_handler(state))
+    server = conftest.LoopbackServer(("127.0.0.1", 0), conftest._make_handler(state))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     os.environ["OPENAI_API_KEY"] = "bench"
 

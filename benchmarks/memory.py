@@ -27,12 +27,14 @@ every resident weight. A GPU run of benchmarks/gpu_check.py measures what this e
 
 import argparse
 import functools
+import logging
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional-kernel notice on import
 GIB = 1024**3
 CARDS = {"80GB": 79.6, "141GB": 139.8, "48GB": 47.5, "24GB": 23.6, "6GB": 5.8}  # usable GiB (nvidia-smi totals)
 CONFIGS = {
@@ -269,8 +271,15 @@ def recipe_rows(path: Path, config: str, n: int) -> tuple[list[Row], dict]:
     # TRL's GRPOConfig / SFTConfig default to activation (gradient) checkpointing; either name may turn it off
     ckpt = cfg.get("activation_checkpointing", cfg.get("gradient_checkpointing", True)) is not False
     b = cfg.get("per_device_train_batch_size", 8)
-    if name.startswith("r1_prompter"):
+    if name.startswith("r1_"):
         arch = POLICIES[cfg.get("gpt_path", "Qwen/Qwen2.5-3B-Instruct")]
+        # r1_prompter.py without a dtype: bf16 weights under DeepSpeed (fp32 master there), else fp32 + bf16 autocast
+        cfg.setdefault("dtype", "bfloat16" if "zero" in config else "float32")
+    if name.startswith("r1_") and cfg.get("stage") == "sft":
+        seq = cfg.get("max_length", 1024)
+        rows = policy_rows(arch, cfg, n, config, False)
+        phases = {"training step": activations_llm_train(arch, b, seq, seq, ckpt)}
+    elif name.startswith("r1_"):
         comp = cfg.get("max_completion_length", 256)
         seq = 200 + comp  # system prompt + user prompt (~200 tokens) + completion
         rows = policy_rows(arch, cfg, n, config, cfg.get("beta", 0.0) > 0)
@@ -359,7 +368,7 @@ def report(path: Path, show_all: bool = True) -> tuple[float, float, bool]:
     return verdict
 
 
-RECIPES = ["r1_prompter.yaml", "image_edit_qwen7b.yaml", "video_sft.yaml", "video_rl.yaml"]
+RECIPES = ["r1_sft.yaml", "r1_prompter.yaml", "image_edit_qwen7b.yaml", "video_sft.yaml", "video_rl.yaml"]
 
 
 def main(argv=None):

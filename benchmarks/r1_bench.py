@@ -114,16 +114,13 @@ def judge_concurrency(n: int = 16, latency: float = 0.2):
     import asyncio
     import json
     import threading
-    from http.server import ThreadingHTTPServer
 
     import conftest
     from openai import AsyncOpenAI
     from PIL import Image
 
     state = conftest.OpenAIServer()
-    backlog = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 64})  # 5 drops SYNs: 1 s client retries
-    server = backlog(("127.0.0.1", 0), conftest._make_handler(state))
-    server.daemon_threads = True
+    server = conftest.LoopbackServer(("127.0.0.1", 0), conftest._make_handler(state))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     state.chat_handler = lambda body: time.sleep(latency) or json.dumps({"reasoning": "ok", "score": 7})
     url, image = f"http://127.0.0.1:{server.server_address[1]}/v1", Image.new("RGB", (64, 64))

@@ -654,11 +654,15 @@ def _make_handler(state: OpenAIServer):
     return Handler
 
 
+class LoopbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # the default listen backlog of 5 drops (and delays) the 6th concurrent judge call
+
+
 @pytest.fixture(scope="session")
 def _openai_server_session():
     state = OpenAIServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
-    server.daemon_threads = True
+    server = LoopbackServer(("127.0.0.1", 0), _make_handler(state))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     state.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     yield state
