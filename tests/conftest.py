@@ -348,7 +348,8 @@ def tiny_sd15(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_flux(tmp_path_factory):
-    """FluxPipeline: 1+1-layer transformer, CLIP + T5 text encoders, 1-channel VAE; 64 px works."""
+    """FluxPipeline as FLUX.1-dev (the repo's FLUX): guidance embeddings and dev's scheduler config (dynamic shifting);
+    1+1-layer transformer, CLIP + T5 text encoders, 1-channel VAE; 64 px works."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -356,7 +357,7 @@ def tiny_flux(tmp_path_factory):
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
     )  # fmt: skip
     text_encoder, tok = _clip_text_encoder()
     t5, t5_tok = _t5_encoder()
@@ -365,9 +366,13 @@ def tiny_flux(tmp_path_factory):
         norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
     )  # fmt: skip
     _eval(transformer, text_encoder, t5, vae)
+    sched = FlowMatchEulerDiscreteScheduler(  # black-forest-labs/FLUX.1-dev scheduler_config.json
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # fmt: skip
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tok,
-        text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer,
+        scheduler=sched, vae=vae, text_encoder=text_encoder, tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok,
+        transformer=transformer,
     )  # fmt: skip
     pipe.save_pretrained(path)
     return str(path)

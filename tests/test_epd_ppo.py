@@ -416,36 +416,9 @@ def tiny_sd3(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def tiny_flux_dev(tmp_path_factory):
-    """FluxPipeline with embedded guidance (FLUX.1-dev) and FLUX.1-dev's scheduler config (dynamic shifting)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    path = tmp_path_factory.mktemp("tiny_flux_dev")
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
-    )  # fmt: skip
-    clip, tok = _clip_text_encoder()
-    t5, t5_tok = _t5_encoder()
-    vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=1,
-        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
-    )  # fmt: skip
-    sched = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )  # fmt: skip
-    _eval(transformer, clip, t5, vae)
-    FluxPipeline(scheduler=sched, vae=vae, text_encoder=clip, tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok,
-                 transformer=transformer).save_pretrained(path)  # fmt: skip
-    return str(path)
-
-
 @pytest.fixture(params=["sd3", "flux"])
 def flow_pipe(request):
-    model = request.getfixturevalue("tiny_sd3" if request.param == "sd3" else "tiny_flux_dev")
+    model = request.getfixturevalue("tiny_sd3" if request.param == "sd3" else "tiny_flux")
     return request.param, E.load_pipeline(model, torch.device("cpu"))
 
 
