@@ -348,27 +348,46 @@ def recipe_rows(path: Path, config: str, n: int) -> tuple[list[Row], dict]:
     return rows, cfg
 
 
+def totals(path: Path) -> dict[str, float]:
+    """Computed peak GiB per GPU of one recipe under each accelerate config that applies to its GPU count."""
+    n = _hardware(path)[0]
+    return {c: sum(r.gib for r in recipe_rows(path, c, n)[0]) for c in CONFIGS if (c == "single") == (n == 1)}
+
+
 def report(path: Path, show_all: bool = True) -> tuple[float, float, bool]:
+    """Print the rows of a recipe (under every applicable config, or the stated one); return the stated verdict."""
     n, card, stated = _hardware(path)
-    verdict = None
     for config in CONFIGS if show_all else [stated]:
         if (config == "single") != (n == 1):  # one GPU: no accelerate config; several: each config
             continue
         rows, _ = recipe_rows(path, config, n)
         total = sum(r.gib for r in rows)
-        fits = total <= 0.9 * CARDS[card]
         mark = "  <- the recipe's config" if config == stated else ""
         print(f"\n{path.relative_to(REPO)} | {n} x {card} | {CONFIGS.get(config, config)}{mark}")
         for r in rows:
             print(f"  {r.part:<44} {r.gib:7.1f} GiB   {r.note}")
-        print(f"  {'total per GPU':<44} {total:7.1f} GiB   {'fits' if fits else 'DOES NOT FIT'} "
+        print(f"  {'total per GPU':<44} {total:7.1f} GiB   {'fits' if total <= 0.9 * CARDS[card] else 'DOES NOT FIT'} "
               f"(90 % of {CARDS[card]} GiB = {0.9 * CARDS[card]:.1f})")  # fmt: skip
-        if config == stated:
-            verdict = (total, CARDS[card], fits)
-    return verdict
+    total = totals(path)[stated]
+    return total, CARDS[card], total <= 0.9 * CARDS[card]
 
 
 RECIPES = ["r1_sft.yaml", "r1_prompter.yaml", "image_edit_qwen7b.yaml", "video_sft.yaml", "video_rl.yaml"]
+
+
+def markdown(paths: list[Path]) -> str:
+    """One table: recipe -> GPUs -> computed peak per GPU under each config (the recipe's own config in bold)."""
+    multi = [c for c in CONFIGS if c != "single"]
+    out = ["| recipe | GPUs | one GPU | " + " | ".join(CONFIGS[c] for c in multi) + " | fits with >= 10 % headroom |",
+           "|---|---|---|" + "---|" * len(multi) + "---|"]  # fmt: skip
+    for p in paths:
+        n, card, stated = _hardware(p)
+        t = totals(p)
+        cells = [(f"**{t[c]:.1f}**" if c == stated else f"{t[c]:.1f}") if c in t else "—" for c in CONFIGS]
+        fits = t[stated] <= 0.9 * CARDS[card]
+        out.append(f"| `{p.relative_to(REPO)}` | {n} x {card} | " + " | ".join(cells) + f" | {'yes' if fits else 'NO'} "
+                   f"({t[stated]:.1f} of {0.9 * CARDS[card]:.1f} GiB) |")  # fmt: skip
+    return "\n".join(out)
 
 
 def main(argv=None):
@@ -376,27 +395,19 @@ def main(argv=None):
     parser.add_argument("--recipe", action="append", help="recipe YAML (default: every full-run recipe)")
     parser.add_argument("--counts", action="store_true", help="print the parameter count of every architecture")
     parser.add_argument("--stated_only", action="store_true", help="only the accelerate config each recipe names")
+    parser.add_argument("--markdown", action="store_true", help="only the README table (GiB per GPU per config)")
     args = parser.parse_args(argv)
     if args.counts:
-        for name in ["qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-vl-7b", "flux-dit", "t5-xxl", "umt5-xxl",
-                     "clip-text-l", "flux-vae", "sd15-unet", "sd-vae", "qwen-image-dit", "qwen-image-vae",
-                     "wan-1.3b-dit", "wan-vae", "clip-vit-h-14", "clip-vit-l-14", "imagereward-blip", "gpt2"]:  # fmt: skip
+        for name in ARCHS:
             print(f"{name:<18} {params(name) / 1e9:8.3f} B parameters")
-    paths = [
-        Path(p) if Path(p).is_absolute() else REPO / p for p in (args.recipe or [f"recipes/{r}" for r in RECIPES])
-    ]
-    summary = []
-    for p in paths:
-        total, card, fits = report(p, show_all=not args.stated_only)
-        summary.append((p, total, card, fits))
-    print(
-        "\n| recipe | GPUs | accelerate config | computed peak per GPU | fits (>= 10 % headroom) |\n|---|---|---|---|---|"
-    )
-    for p, total, card, fits in summary:
-        n, card_name, config = _hardware(p)
-        print(f"| `{p.relative_to(REPO)}` | {n} x {card_name} | `{config}` | {total:.1f} GiB of {card} | "
-              f"{'yes' if fits else 'NO'} |")  # fmt: skip
-    return 0 if all(s[3] for s in summary) else 1
+    paths = [REPO / "recipes" / r for r in RECIPES]
+    paths = [Path(p).resolve() for p in args.recipe] if args.recipe else paths
+    if not args.markdown:
+        for p in paths:
+            report(p, show_all=not args.stated_only)
+        print()
+    print(markdown(paths))
+    return 0 if all(totals(p)[_hardware(p)[2]] <= 0.9 * CARDS[_hardware(p)[1]] for p in paths) else 1
 
 
 if __name__ == "__main__":
