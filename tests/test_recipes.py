@@ -77,3 +77,9 @@ def test_recipe_fits_its_stated_hardware(recipe, capsys):
     assert yaml.safe_load(path.read_text())  # parses
     total, capacity, fits = memory.report(path, show_all=False)
     assert fits, f"{recipe}: {total:.1f} GiB > 90 % of {capacity} GiB\n{capsys.readouterr().out}"
+
+
+def test_readme_memory_table_is_the_computed_one():
+    """The README's table is exactly what `python benchmarks/memory.py --markdown` prints (it cannot drift)."""
+    table = memory.markdown([REPO / "recipes" / r for r in memory.RECIPES])
+    assert table in (REPO / "README.md").read_text()
