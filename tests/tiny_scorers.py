@@ -7,6 +7,9 @@ epsilons, image size and patch size, processor settings, tokenizer, chat templat
 (the in-memory reference model of the HPSv3 checkpoint). The module also holds the independent re-statements of the
 upstream scorers the tests compare score.py with: ImageReward's and MPS's upstream module trees (whose state_dicts
 carry the upstream key names), the transformers 4.2x CLIP image processor in NumPy, and HPSv3's inference path.
+The writers (`save_tiny_clip`, `save_hps`, `save_imagereward`, `save_pickled_mps`, `save_tiny_hpsv3`) also take the
+real sizes, and build in torch's current default device and dtype: benchmarks/score_bench.py's GPU check writes the real
+architectures with random weights through them.
 """
 
 import gzip
@@ -110,18 +113,24 @@ def save_real_clip_tokenizer(path):
     return tok
 
 
-def save_tiny_clip(path, categorical: dict, seed: int):
-    """A CLIPModel folder: the real tokenizer and preprocessor config, the real categorical config values, tiny sizes.
+TINY_CLIP_TOWER = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+TINY_CLIP = {"text_config": TINY_CLIP_TOWER, "vision_config": TINY_CLIP_TOWER, "projection_dim": 16}
+
+
+def save_tiny_clip(path, categorical: dict, seed: int, config: dict = TINY_CLIP):
+    """A CLIPModel folder: the real tokenizer and preprocessor config, the real categorical config values, tiny sizes
+    unless `config` (CLIPConfig keywords: text_config, vision_config, projection_dim) gives the real ones.
     Token ids are the 4.2x CLIPTextConfig values the hub configs carry (eos 2 = legacy argmax pooling; with the real
     vocabulary the argmax is the first <|endoftext|>)."""
     from transformers import CLIPConfig, CLIPModel
 
     save_real_clip_tokenizer(path)
-    sizes = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, **categorical)
-    text = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1, **sizes)
+    text = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+            **categorical, **config["text_config"]}  # fmt: skip
+    vision = {"image_size": 224, "patch_size": 14, **categorical, **config["vision_config"]}
     torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=224, patch_size=14, **sizes),
-                                 projection_dim=16)).eval()  # fmt: skip
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=config["projection_dim"]))
+    model.eval()
     model.save_pretrained(path)
     with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
         json.dump(CLIP_PREPROCESSOR, f)
@@ -245,23 +254,35 @@ def reward_mlp(dim):  # nn.Sequential layout of both the aesthetic predictor and
     )  # fmt: skip
 
 
+# BlipConfig-style sizes (the layout of benchmarks/memory.py ARCHS["imagereward-blip"], whose real sizes the GPU check
+# passes instead): BLIP ViT (16 px patches, 224 px, 64-dim heads, MLP 4x) + MED BERT, ITC projections of
+# image_text_hidden_size
+TINY_BLIP = {"vision_config": {"hidden_size": 64, "num_hidden_layers": 2, "patch_size": 16, "image_size": 224},
+             "text_config": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "max_position_embeddings": 64},
+             "image_text_hidden_size": 16}  # fmt: skip
+
+
 class RefImageReward(nn.Module):
-    """Module tree of THUDM/ImageReward `ImageReward` (blip = BLIP_Pretrain, mlp = MLP) at tiny width."""
+    """Module tree of THUDM/ImageReward `ImageReward` (blip = BLIP_Pretrain, mlp = MLP), tiny unless `config` gives
+    the real sizes; `med` is its med_config.json."""
 
-    MED = {"vocab_size": None, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-           "intermediate_size": 37, "max_position_embeddings": 64, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
-           "add_cross_attention": True, "encoder_width": 64}  # fmt: skip
-
-    def __init__(self, vocab):
+    def __init__(self, vocab, config: dict = TINY_BLIP):
         super().__init__()
-        m = self.MED
+        v, t = config["vision_config"], config["text_config"]
+        self.med = m = {"vocab_size": vocab, "hidden_size": t["hidden_size"], "num_hidden_layers": t["num_hidden_layers"],
+                        "num_attention_heads": t["num_attention_heads"], "intermediate_size": t["intermediate_size"],
+                        "max_position_embeddings": t.get("max_position_embeddings", 512), "layer_norm_eps": 1e-12,
+                        "hidden_act": "gelu", "add_cross_attention": True, "encoder_width": v["hidden_size"]}  # fmt: skip
+        dim, proj = v["hidden_size"], config.get("image_text_hidden_size", 256)
         self.blip = nn.Module()
-        self.blip.visual_encoder = RefViT(dim=64, depth=2, patch=16, image=224)  # BLIP ViT-L: 16 px patches, 224 px
-        self.blip.text_encoder = RefBert(vocab, m["hidden_size"], 64, m["num_attention_heads"],
+        self.blip.visual_encoder = RefViT(dim=dim, depth=v["num_hidden_layers"], patch=v["patch_size"],
+                                          image=v.get("image_size", 224))  # fmt: skip
+        self.blip.text_encoder = RefBert(vocab, m["hidden_size"], dim, m["num_attention_heads"],
                                          m["intermediate_size"], m["num_hidden_layers"], m["max_position_embeddings"])  # fmt: skip
-        self.blip.vision_proj, self.blip.text_proj = nn.Linear(64, 16), nn.Linear(32, 16)
+        self.blip.vision_proj, self.blip.text_proj = nn.Linear(dim, proj), nn.Linear(m["hidden_size"], proj)
         self.mlp = nn.Module()
-        self.mlp.layers = reward_mlp(32)
+        self.mlp.layers = reward_mlp(m["hidden_size"])
 
     def forward(self, px, ids, mask):
         txt = self.blip.text_encoder(ids, mask, self.blip.visual_encoder(px))
@@ -386,8 +407,15 @@ def ref_mps_score(mps, px, ids, cond_ids):
     return (clip.logit_scale.exp() * txt @ img.T)[0, 0]
 
 
-def save_pickled_mps(path, clip_dir):
-    """torch.save of the whole module, its classes living in `trainer.models.*` as in the released checkpoint."""
+# Kwai-Kolors/MPS trainer/models/clip_model.py: Cross_model(dim=1024, layer_num=4, heads=16), dim_head 64; `dim` is
+# the CLIP projection width
+MPS_CROSS = {"layer_num": 4, "dim_head": 64, "heads": 16}
+TINY_MPS_CROSS = {"dim": 16, "layer_num": 2, "dim_head": 8, "heads": 2}
+
+
+def save_pickled_mps(path, clip_dir, cross: dict = TINY_MPS_CROSS):
+    """torch.save of the whole module, its classes living in `trainer.models.*` as in the released checkpoint: the CLIP
+    of `clip_dir`'s config and a Cross_model of `cross` sizes, stored in fp16; returns it in the dtype it was built in."""
     import sys as _sys
     import types as _types
 
@@ -409,7 +437,8 @@ def save_pickled_mps(path, clip_dir):
     torch.manual_seed(3)
     mps = mps_cls()
     mps.model = xclip(CLIPConfig.from_pretrained(clip_dir)).eval()
-    mps.cross_model = RefCrossModel(dim=16, layer_num=2, dim_head=8, heads=2).eval()
+    mps.cross_model = RefCrossModel(**cross).eval()
+    dtype = mps.model.dtype
     saved = {}
     try:
         for module, members in classes.items():
@@ -424,7 +453,7 @@ def save_pickled_mps(path, clip_dir):
             _sys.modules.pop(name, None)
         for (cls, what), value in saved.items():
             setattr(cls, "__module__" if what == "m" else "__qualname__", value)
-    return mps.float()
+    return mps.to(dtype)
 
 
 # ---- HPSv3 (MizzenAI/HPSv3): Qwen2-VL-7B-Instruct + reward head, the upstream inference path for one pair ----
@@ -484,35 +513,77 @@ def hpsv3_upstream_state_dict(model, head) -> dict:
     return {**state, **{f"rm_head.{k}": v.float().contiguous() for k, v in head.state_dict().items()}}
 
 
-def save_tiny_hpsv3(root):
+# Qwen2VLConfig-style sizes (the layout of benchmarks/memory.py ARCHS["qwen2-vl-7b-reward"], whose real sizes the GPU
+# check passes instead)
+TINY_QWEN2VL = {"text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 2, "num_key_value_heads": 1},
+                "vision_config": {"depth": 2, "embed_dim": 16, "mlp_ratio": 4, "num_heads": 2, "hidden_size": 32,
+                                  "patch_size": 14, "spatial_merge_size": 2}}  # fmt: skip
+
+
+def make_hpsv3_tokenizer(size: int | None = None):
+    """conftest's Qwen2 tokenizer (byte-level BPE, Qwen's specials) with its BPE also learned from HPSv3's instruction,
+    so that the ~2.6k-character prompt becomes whole words and digits (530 tokens; Qwen's own 151k-piece BPE, not at
+    hand offline, splits a few rarer words further; conftest's 400-piece BPE makes 1,720), padded with pieces no merge
+    produces to `size` tokens: with Qwen2-VL's 151,657 the embedding has the real row count. For real-size runs, where
+    the sequence length is the cost."""
+    from conftest import CORPUS, QWEN_SPECIALS
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator([CORPUS, HPSV3_TEXT] * 3, trainers.BpeTrainer(vocab_size=4000, initial_alphabet=alphabet,
+                                                                          show_progress=False))  # fmt: skip
+    model = json.loads(bpe.to_str())["model"]
+    vocab, merges = model["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    vocab |= {f"<unused{i}>": i for i in range(len(vocab), (size or 0) - len(QWEN_SPECIALS))}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIALS], special_tokens=True)
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
+    return tok
+
+
+def save_tiny_hpsv3(root, config: dict = TINY_QWEN2VL, tokenizer=None, checkpoint: bool = True):
     """A Qwen2-VL-7B-Instruct stand-in folder (flat config.json with the real categorical values, the real processor
     config and chat template) and HPSv3.safetensors with upstream's key names: transformers 4.45's layout (`model.*`
     language model, `visual.*`, `lm_head`), embeddings resized to the tokenizer + <|Reward|>, bf16 backbone, fp32
-    ranknet head `rm_head.{0,3,5}` (hidden -> 1024 -> 16 -> 2). Returns the in-memory reference."""
+    ranknet head `rm_head.{0,3,5}` (hidden -> 1024 -> 16 -> 2). Tiny unless `config` gives the real sizes; the tokenizer
+    defaults to conftest's. Built in torch's current default device and dtype (fp32: bf16-rounded weights, so the fp32
+    reference equals the bf16 checkpoint). Returns the in-memory reference; with checkpoint=False the upstream-named
+    state dict is returned (`state`) instead of written."""
     from conftest import QWEN_SPECIALS, make_qwen2_tokenizer
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration
 
     base, ckpt = root / "qwen2-vl", root / "hpsv3"
     base.mkdir(), ckpt.mkdir()
-    tok = make_qwen2_tokenizer()
+    tok = tokenizer or make_qwen2_tokenizer()
     tok.chat_template = QWEN2VL_CHAT_TEMPLATE
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    config = {
+    text, vision = config["text_config"], config["vision_config"]
+    # M-RoPE: of the head's rotary pairs a quarter turn with time, the rest split between height and width (real: 128-dim
+    # heads, [16, 24, 24])
+    pairs = text["hidden_size"] // text["num_attention_heads"] // 2
+    t_pairs = pairs // 4
+    section = [t_pairs, (pairs - t_pairs) // 2, pairs - t_pairs - (pairs - t_pairs) // 2]
+    flat = {
         "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "attention_dropout": 0.0,
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
         "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
         "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"], "hidden_act": "silu",
-        "hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 32768, "max_window_layers": 2,
-        "num_attention_heads": 2, "num_hidden_layers": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-06,
-        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-        "use_cache": True, "use_sliding_window": False, "vocab_size": len(tok) + 9,  # padded past the tokenizer
-        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},  # real: [16, 24, 24] of 128-dim heads
-        "vision_config": {"depth": 2, "embed_dim": 16, "mlp_ratio": 4, "num_heads": 2, "in_chans": 3,
-                          "hidden_size": 32, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
-                          "temporal_patch_size": 2},
+        "hidden_size": text["hidden_size"], "intermediate_size": text["intermediate_size"],
+        "max_position_embeddings": 32768, "max_window_layers": text["num_hidden_layers"],
+        "num_attention_heads": text["num_attention_heads"], "num_hidden_layers": text["num_hidden_layers"],
+        "num_key_value_heads": text["num_key_value_heads"], "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+        "sliding_window": 32768, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
+        "use_sliding_window": False, "vocab_size": text.get("vocab_size", len(tok) + 9),  # padded past the tokenizer
+        "rope_scaling": {"type": "mrope", "mrope_section": section},
+        "vision_config": {"in_chans": 3, "spatial_patch_size": vision["patch_size"], "temporal_patch_size": 2,
+                          **vision},
     }  # fmt: skip
-    (base / "config.json").write_text(json.dumps(config))
+    (base / "config.json").write_text(json.dumps(flat))
     tok.save_pretrained(base)
     (base / "preprocessor_config.json").write_text(json.dumps(QWEN2VL_PREPROCESSOR))
     (base / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2VL_CHAT_TEMPLATE}))
@@ -521,41 +592,73 @@ def save_tiny_hpsv3(root):
     cfg = AutoConfig.from_pretrained(base)
     cfg.text_config.vocab_size = len(processor.tokenizer)  # upstream resize_token_embeddings(len(tokenizer))
     torch.manual_seed(5)
-    model = Qwen2VLForConditionalGeneration(cfg).eval().to(torch.bfloat16).float()  # bf16-exact weights
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    if model.dtype == torch.float32:
+        model = model.to(torch.bfloat16).float()  # bf16-exact weights
+    hidden = text["hidden_size"]
     head = nn.Sequential(
-        nn.Linear(32, 1024), nn.ReLU(), nn.Dropout(0.05), nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2)
+        nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05), nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2)
     )
     head.eval()
     state = hpsv3_upstream_state_dict(model, head)
-    save_file(state, ckpt / "HPSv3.safetensors")
-    return types.SimpleNamespace(model=model, head=head, tokenizer=processor.tokenizer, keys=sorted(state))
+    if checkpoint:
+        save_file(state, ckpt / "HPSv3.safetensors")
+    return types.SimpleNamespace(model=model, head=head, tokenizer=processor.tokenizer, keys=sorted(state),
+                                 state=None if checkpoint else state)  # fmt: skip
+
+
+def save_hps(folder, arch: str):
+    """HPS_v2.1_compressed.pt as upstream stores it ({"state_dict": ...}) for the open_clip architecture `arch`, built
+    in torch's current default device and dtype (open_clip's loader casts into its fp32 model)."""
+    import open_clip
+
+    folder.mkdir()
+    model = open_clip.create_model(arch, device=torch.get_default_device())
+    torch.save({"state_dict": model.state_dict()}, folder / "HPS_v2.1_compressed.pt")
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_aesthetic(path, dim: int):
+    """The LAION aesthetic predictor's state dict (`layers.*`) on a `dim`-wide CLIP embedding."""
+    torch.save({f"layers.{k}": v for k, v in reward_mlp(dim).state_dict().items()}, path)
+
+
+def save_imagereward(folder, tokenizer_folder, config: dict | None = None):
+    """ImageReward.pt with upstream's key names + med_config.json in `folder`, and BLIP's BERT tokenizer ([DEC] bos,
+    [ENC] added) in `tokenizer_folder`: tiny, or with `config` (BlipConfig keywords) the real sizes, the BERT vocabulary
+    then padded to text_config.vocab_size minus BLIP's two added tokens (30,522 + 2 for the real one)."""
+    from conftest import make_bert_tokenizer
+    from transformers import BertTokenizer
+
+    bert = make_bert_tokenizer()
+    if config is not None:
+        vocab = bert.get_vocab()
+        vocab |= {f"[unused{i}]": i for i in range(len(vocab), config["text_config"]["vocab_size"] - 2)}
+        bert = BertTokenizer(vocab=vocab)
+    bert.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    bert.save_pretrained(tokenizer_folder)
+    ir = RefImageReward(len(bert), config or TINY_BLIP).eval()
+    folder.mkdir()
+    torch.save(ir.state_dict(), folder / "ImageReward.pt")
+    (folder / "med_config.json").write_text(json.dumps(ir.med))
+    return ir
 
 
 def build_tiny_scorers(root):
     """Write every tiny scorer under `root`; returns paths (load_scorer kwargs), env (SCORE_* variables), root, hpsv3."""
     import open_clip
-    from conftest import make_bert_tokenizer
 
     torch.manual_seed(0)
     # HPS: open_clip model from a config file + {"state_dict": ...} checkpoint, as HPS_v2.1_compressed.pt is stored
     arch = root / "tiny-hps-vit.json"
     arch.write_text(json.dumps(TINY_OPEN_CLIP))
     open_clip.add_model_config(arch)
-    (root / "hps").mkdir()
-    torch.save(
-        {"state_dict": open_clip.create_model("tiny-hps-vit").state_dict()}, root / "hps" / "HPS_v2.1_compressed.pt"
-    )
+    save_hps(root / "hps", "tiny-hps-vit")
     save_tiny_clip(root / "clip-l14", OPENAI_L14, seed=1)  # clip + aesthetic backbone
     save_tiny_clip(root / "clip-h14", LAION_H14, seed=2)  # PickScore model + processor, MPS's CLIP config + processor
-    torch.save({f"layers.{k}": v for k, v in reward_mlp(16).state_dict().items()}, root / "aesthetic-model.pth")
+    save_aesthetic(root / "aesthetic-model.pth", TINY_CLIP["projection_dim"])
     # ImageReward: upstream key layout, tiny BERT tokenizer with BLIP's [DEC] / [ENC] added
-    bert = make_bert_tokenizer()
-    bert.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
-    bert.save_pretrained(root / "bert")
-    ir = RefImageReward(len(bert)).eval()
-    (root / "imagereward").mkdir()
-    torch.save(ir.state_dict(), root / "imagereward" / "ImageReward.pt")
-    (root / "imagereward" / "med_config.json").write_text(json.dumps({**RefImageReward.MED, "vocab_size": len(bert)}))
+    save_imagereward(root / "imagereward", root / "bert")
     save_pickled_mps(root / "MPS_overall_checkpoint.pth", root / "clip-h14")
     hpsv3 = save_tiny_hpsv3(root)
     paths = {
