@@ -25,9 +25,10 @@ shortcuts keep the part inside its 75 s, none of which touches the timed scoring
 1. HPSv3's 16.6 GB checkpoint is never written: `safetensors.torch.load_file`, which score.py calls on
    `hpsv3_checkpoint`, is patched for that one (empty) file to return the upstream-named state dict from GPU memory;
    everything after it (the key mapping, the strict load, the processor, the <|Reward|> row check) is score.py's.
-2. score.load_scorer runs under `torch.device(device)`: score.py builds the HPS, MPS and ImageReward modules itself
-   (random init) and then loads the checkpoint into them; on the CPU that init of ~2.5 B parameters costs ~28 s on this
-   repo's 2-core CI machine (measured), on the GPU a fraction of a second.
+2. score.load_scorer runs under transformers' `no_init_weights()`: score.py builds the HPS, MPS and ImageReward
+   modules on the CPU and then loads every parameter and persistent buffer from the checkpoint (strictly), so their
+   random init is skipped (it alone costs ~28 s for those ~2.5 B parameters on this repo's 2-core CI machine, measured;
+   the non-persistent buffers, position ids and masks, are built as usual).
 3. Tokenizers are built offline: the real CLIP BPE, BERT and Qwen2 stand-ins padded to the real vocabularies (30,522,
    151,657), the Qwen2 one learned from HPSv3's instruction so the text part has ~real length (see `hpsv3_tokens`).
 Tiny mode: the same code with benchmarks/gpu_check.py's TINY twins on the CPU in fp32, no GPU memory.
@@ -90,6 +91,14 @@ def on(device, dtype=None):
         torch.set_default_dtype(previous)
 
 
+def load(name: str, device, **paths):
+    """score.load_scorer(name, device, **paths) without the random init of the modules it then fills (shortcut 2)."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        return score.load_scorer(name, device=device, **paths)
+
+
 def load_hpsv3(root, config: dict, device, dtype):
     """score.py's HPSv3 scorer on `device` from a random Qwen2-VL of `config` sizes built there in `dtype`, its
     checkpoint held in memory (shortcut 1): `safetensors.torch.load_file` answers for that one empty file, once."""
@@ -109,10 +118,8 @@ def load_hpsv3(root, config: dict, device, dtype):
             raise FileNotFoundError(path)
         return {k: v.to(device) for k, v in pending.pop("state").items()}
 
-    with mock.patch.object(safetensors.torch, "load_file", load_file), on(device):
-        return score.load_scorer(
-            "hpsv3", device=device, hpsv3_checkpoint=str(dummy), hpsv3_base=str(root / "qwen2-vl")
-        )
+    with mock.patch.object(safetensors.torch, "load_file", load_file):
+        return load("hpsv3", device, hpsv3_checkpoint=str(dummy), hpsv3_base=str(root / "qwen2-vl"))
 
 
 def gpu_check(tiny: bool = False, n: int = 16, px: int = 512) -> dict:
@@ -157,10 +164,6 @@ def gpu_check(tiny: bool = False, n: int = 16, px: int = 512) -> dict:
         if cuda:
             torch.cuda.empty_cache()
 
-    def load(name, **paths):
-        with on(device):  # score.py's own module construction happens on the device (shortcut 2)
-            return score.load_scorer(name, device=device, **paths)
-
     def measure(name, scorer):
         free()
         if cuda:
@@ -194,7 +197,7 @@ def gpu_check(tiny: bool = False, n: int = 16, px: int = 512) -> dict:
             count = ts.save_hps(root / "hps", name)
         if not tiny and count != memory.params("clip-vit-h-14"):
             raise RuntimeError(f"open_clip ViT-H-14 has {count} parameters, memory.ARCHS another count")
-        measure("hpsv2", load("hpsv2", hps_checkpoint=str(root / "hps"), hps_arch=arch))
+        measure("hpsv2", load("hpsv2", device, hps_checkpoint=str(root / "hps"), hps_arch=arch))
 
     def clip_l(root):  # clip and aesthetic share one ViT-L/14 (score.load_clip's cache)
         config = archs["clip-vit-l-14"][2]
@@ -202,24 +205,24 @@ def gpu_check(tiny: bool = False, n: int = 16, px: int = 512) -> dict:
             ts.save_tiny_clip(root / "clip-l14", ts.OPENAI_L14, seed=1, config=config)
         ts.save_aesthetic(root / "aesthetic-model.pth", config["projection_dim"])
         paths = {"clip_model": str(root / "clip-l14"), "aesthetic_head": str(root / "aesthetic-model.pth")}
-        measure("clip", load("clip", **paths))
-        measure("aesthetic", load("aesthetic", **paths))
+        measure("clip", load("clip", device, **paths))
+        measure("aesthetic", load("aesthetic", device, **paths))
         score.load_clip.cache_clear()
 
     def clip_h(root):  # PickScore's weights and processor; MPS's config and processor, its weights in the pickle
         config, h14 = archs["clip-vit-h-14"][2], str(root / "clip-h14")
         with on(device, dt(torch.float16)):
             ts.save_tiny_clip(root / "clip-h14", ts.LAION_H14, seed=2, config=config)
-        measure("pickscore", load("pickscore", pickscore_model=h14, pickscore_processor=h14))
+        measure("pickscore", load("pickscore", device, pickscore_model=h14, pickscore_processor=h14))
         free()
         with on(device, dt(torch.float16)):
             ts.save_pickled_mps(root / "mps.pth", h14, dict(ts.MPS_CROSS, dim=config["projection_dim"]))
-        measure("mps", load("mps", mps_checkpoint=str(root / "mps.pth"), mps_processor=h14))
+        measure("mps", load("mps", device, mps_checkpoint=str(root / "mps.pth"), mps_processor=h14))
 
     def imagereward(root):
         with on(device, dt(torch.float32)):
             ts.save_imagereward(root / "imagereward", root / "bert", archs["imagereward-blip"][2])
-        scorer = load("imagereward", imagereward_checkpoint=str(root / "imagereward"),
+        scorer = load("imagereward", device, imagereward_checkpoint=str(root / "imagereward"),
                       imagereward_tokenizer=str(root / "bert"))  # fmt: skip
         measure("imagereward", scorer)
 

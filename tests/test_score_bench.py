@@ -17,7 +17,8 @@ import score_bench  # noqa: E402
 def test_real_hpsv3_loads_through_score_from_memory(tmp_path):
     """Qwen2-VL-7B + reward head at full size, built on the meta device, handed to score.py's loader in memory: every
     tensor maps (strict load), the embedding has the tokenizer's rows, the M-RoPE split is the released config's."""
-    scorer = score_bench.load_hpsv3(tmp_path, memory.ARCHS["qwen2-vl-7b-reward"][2], "meta", torch.bfloat16)
+    with score_bench.on("meta"):  # score.py's own modules (the head) on the meta device too: no data to copy
+        scorer = score_bench.load_hpsv3(tmp_path, memory.ARCHS["qwen2-vl-7b-reward"][2], "meta", torch.bfloat16)
     rows = score_bench.QWEN2VL_TOKENS + 1  # + <|Reward|>
     config = scorer.model.config
     assert len(scorer.processor.tokenizer) == rows == config.text_config.vocab_size
