@@ -35,9 +35,11 @@ Differences from the reference code:
 Memory (computed, not measured: parameters counted on the meta device from the real configs by benchmarks/memory.py;
 activations estimated there): Qwen2.5-VL-7B 8.29 B (15.4 GiB bf16), LoRA r 128 on q,k,v,o 80.7 M trainable (1.2 GiB
 with fp32 gradients and AdamW state); Qwen-Image DiT 20.43 B (38.05 GiB bf16, not ~15 GB as upstream's note says);
-VAE 0.13 B (0.24 GiB). The recipe (8 x 80 GB, DeepSpeed ZeRO-2, activation checkpointing) comes to 65.5 GiB per GPU,
-84.6 GiB without checkpointing. --pipeline_cpu_offload is there for cards where it does not fit: the DiT and VAE wait
-in CPU RAM (38 GiB per process) and visit the GPU once per reward call, for rendering only. Upstream: 8 x H200 141 GB.
+VAE 0.13 B (0.24 GiB). `python benchmarks/memory.py --recipe recipes/image_edit_qwen7b.yaml` computes 56.7 GiB per
+GPU for the recipe (8 x 80 GB, DeepSpeed ZeRO-2, activation checkpointing) and 69.9 GiB with checkpointing off: both
+fit 80 GB, checkpointing buys headroom. The README's memory table ("Memory per GPU") has the other accelerate configs.
+--pipeline_cpu_offload is for smaller cards: the DiT and VAE wait in CPU RAM (38 GiB per process) and visit the GPU
+once per reward call, for rendering only. Upstream: 8 x H200 141 GB.
 
 Usage (run from the repository root; needs OPENAI_API_KEY for the judge, any value for a local server):
     accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 grpo_image_edit.py \\
@@ -45,6 +47,8 @@ Usage (run from the repository root; needs OPENAI_API_KEY for the judge, any val
     python grpo_image_edit.py --image in.png "make the sky purple" --model_name_or_path runs/image_edit_qwen7b
     # CPU smoke run (tiny random models, loopback judge, no device flags): tests/test_grpo_image_edit.py
 Data: a JSONL of {"image": path, "instruction": str} (paths relative to the file) or a dataset id with those columns.
+ModelConfig's --dtype, --attn_implementation, --model_revision and (training only) --load_in_4bit / --load_in_8bit
+reach the policy's from_pretrained.
 Inference holds the VLM and the DiT on one GPU (53.7 GiB of bf16 weights + activations): an 80 GB card. Expected
 result: upstream published none; not run here (no GPU was available to this project).
 """
@@ -92,10 +96,10 @@ class ScriptArguments:
         metadata={"help": "QwenImageEditPipeline or QwenImageEditPlusPipeline id/folder (upstream: -2509)."},
     )
     with_response: bool = field(
-        default=True, metadata={"help": "Condition on instruction + completion (false: instruction only)."}
+        default=True, metadata={"help": "Condition on instruction + completion (false: instruction only; inference)."}
     )
     # rendering
-    num_inference_steps: int = field(default=50, metadata={"help": "Denoising steps, >= 1 (upstream 50)."})
+    num_inference_steps: int = field(default=50, metadata={"help": "Denoising steps, >= 2 (upstream 50)."})
     true_cfg_scale: float = field(default=4.0, metadata={"help": "True CFG with a blank negative prompt (<= 1: off)."})
     edit_batch_size: int = field(default=4, metadata={"help": "Edits per pipeline call, >= 1 (-2509: always 1)."})
     pipeline_cpu_offload: bool = field(
@@ -125,9 +129,14 @@ HELP_GROUPS = {"data": "data and models", "num_inference_steps": "rendering", "j
 USAGE = "python grpo_image_edit.py [INSTRUCTION ...] [options]   (an instruction: inference; none: GRPO training)"
 
 
+def is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # launched processes (torchrun sets RANK): only rank 0 prints
+
+
 def fail(msg: str):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    if is_main():
+        print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)  # every rank exits, before any collective
 
 
 def make_parser():
@@ -147,6 +156,31 @@ def make_parser():
     parser._action_groups = [*groups, *(g for g in parser._action_groups if g not in groups)]
     parser.set_defaults(**GRPO_DEFAULTS)
     return parser
+
+
+def read_config(path: str) -> dict:
+    """The --config YAML as a mapping; ValueError naming the file (and the line of a syntax error) otherwise."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.MarkedYAMLError as e:
+        context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context_mark else ""
+        raise ValueError(f"{path}, line {e.problem_mark.line + 1}: invalid YAML: {e.problem}{context}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: must hold a YAML mapping")
+    return config
+
+
+def model_kwargs(model_args) -> dict:
+    """ModelConfig -> the policy's from_pretrained kwargs (GRPOTrainer passes model_init_kwargs through unchanged)."""
+    from trl import get_quantization_config
+
+    quant = get_quantization_config(model_args)  # None unless --load_in_4bit / --load_in_8bit
+    return dict(dtype=model_args.dtype, revision=model_args.model_revision,
+                attn_implementation=model_args.attn_implementation, quantization_config=quant)  # fmt: skip
 
 
 def check_diffusers():
@@ -197,7 +231,8 @@ def check_policy(path: str):
 def check_args(args: ScriptArguments, model_name: str):
     """Every check that needs no weights (ValueError with a one-line message)."""
     check_diffusers()
-    for name, low in (("num_inference_steps", 1), ("edit_batch_size", 1), ("judge_n_evals", 1), ("judge_retries", 0),
+    # 1 step: Qwen-Image's scheduler (shift_terminal 0.02) stretches its one sigma by 0 / 0, a NaN
+    for name, low in (("num_inference_steps", 2), ("edit_batch_size", 1), ("judge_n_evals", 1), ("judge_retries", 0),
                       ("max_new_tokens", 1), ("log_images_every", 0), ("if_weight", 0), ("quality_weight", 0)):  # fmt: skip
         if getattr(args, name) < low:
             raise ValueError(f"--{name} must be >= {low} (got {getattr(args, name)})")
@@ -449,7 +484,9 @@ def get_edit_reward(pipe, processor, args: ScriptArguments, state: dict):
 
         async def judge_all():
             async with AsyncOpenAI(base_url=args.judge_base_url, max_retries=0, timeout=args.judge_timeout) as client:
-                return await asyncio.gather(*[judge_edit(client, args, s, e, i) for s, e, i in zip(image, edited, instruction, strict=True)])  # fmt: skip
+                # the judge compares the edit with the ORIGINAL (`image` is only the VLM's view, 448 x 320 for -2509)
+                jobs = [judge_edit(client, args, s, e, i) for s, e, i in zip(source, edited, instruction, strict=True)]
+                return await asyncio.gather(*jobs)
 
         judged = asyncio.run(judge_all())
         rewards = [r for r, _ in judged]
@@ -468,7 +505,8 @@ def get_edit_reward(pipe, processor, args: ScriptArguments, state: dict):
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             if args.log_images_every and step % args.log_images_every == 0:  # the main process's own edits
                 captions = [f"{i} | {t[:200]} | reward {r}" for i, t, r in zip(instruction, texts, rewards, strict=True)]  # fmt: skip
-                save_grid(Path(state["output_dir"]) / "grids" / f"step{step:06d}.png", list(zip(image[:8], edited[:8], captions[:8], strict=True)))  # fmt: skip
+                grid = list(zip(source[:8], edited[:8], captions[:8], strict=True))
+                save_grid(Path(state["output_dir"]) / "grids" / f"step{step:06d}.png", grid)
         return rewards
 
     return edit_reward
@@ -499,12 +537,13 @@ def train(args: ScriptArguments, training_args, model_args, rows: list[dict]):
     ################
     # Model: the policy VLM doubles as the pipeline's text encoder
     ################
-    device = PartialState().device  # GRPOConfig (use_cpu) exists already, so CPU ranks form their gloo group
-    pipe = load_pipeline(args.pipeline, device, args.pipeline_cpu_offload)
-    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": model_args.dtype}
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    if processor.image_processor.size != pipe.processor.image_processor.size:  # the views would differ
-        print(f"warning: the policy's image processor bounds differ from the pipeline's: {processor.image_processor.size}")  # fmt: skip
+    dist = PartialState()  # GRPOConfig (use_cpu) exists already, so CPU ranks form their gloo group
+    pipe = load_pipeline(args.pipeline, dist.device, args.pipeline_cpu_offload)
+    training_args.model_init_kwargs = {**model_kwargs(model_args), **(training_args.model_init_kwargs or {})}
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    size = processor.image_processor.size
+    if size != pipe.processor.image_processor.size and dist.is_main_process:  # the views would differ
+        print(f"warning: the policy's image processor bounds differ from the pipeline's: {size}", file=sys.stderr)
 
     ################
     # Dataset
@@ -514,7 +553,7 @@ def train(args: ScriptArguments, training_args, model_args, rows: list[dict]):
     ################
     # Reward and trainer
     ################
-    state = {"output_dir": training_args.output_dir, "seed": training_args.seed, "device": device}
+    state = {"output_dir": training_args.output_dir, "seed": training_args.seed, "device": dist.device}
     trainer = GRPOTrainer(
         model=model_args.model_name_or_path, reward_funcs=[get_edit_reward(pipe, processor, args, state)], args=training_args,
         train_dataset=dataset, processing_class=processor, peft_config=get_peft_config(model_args),
@@ -523,8 +562,10 @@ def train(args: ScriptArguments, training_args, model_args, rows: list[dict]):
     Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     per_step = training_args.per_device_train_batch_size * trainer.accelerator.num_processes * training_args.gradient_accumulation_steps  # fmt: skip
-    print(f"{len(rows)} edits with {type(pipe).__name__}; {per_step} completions per optimizer step "
-          f"({training_args.num_generations} per group); trainable parameters {trainable:,} (LoRA: {model_args.use_peft})")  # fmt: skip
+    if dist.is_main_process:
+        print(f"{len(rows)} edits with {type(pipe).__name__}; {per_step} completions per optimizer step "
+              f"({training_args.num_generations} per group); trainable parameters {trainable:,} "
+              f"(LoRA: {model_args.use_peft})")  # fmt: skip
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     except KeyboardInterrupt:
@@ -536,18 +577,20 @@ def train(args: ScriptArguments, training_args, model_args, rows: list[dict]):
 ########################
 # Inference (no GRPOConfig, no accelerate)
 ########################
-def load_policy(path: str, dtype):
+def load_policy(path: str, model_args):
     """(model, processor); a LoRA output folder is its base model + the adapter, merged (peft 0.21 has no Auto class
     for image-text-to-text models, so PeftModel.from_pretrained on the loaded base is the supported way)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    adapter = Path(path).expanduser() / "adapter_config.json"
+    adapter, kwargs = Path(path).expanduser() / "adapter_config.json", model_kwargs(model_args)
     if not adapter.is_file():
-        return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        return model, AutoProcessor.from_pretrained(path, revision=kwargs["revision"])
     from peft import PeftModel
 
     base = json.loads(adapter.read_text())["base_model_name_or_path"]
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, dtype=dtype), path)
+    kwargs.pop("revision")  # --model_revision names the adapter folder's revision, not its base's
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, **kwargs), path)
     return model.merge_and_unload(), AutoProcessor.from_pretrained(path)  # the trainer saved the processor with it
 
 
@@ -556,8 +599,7 @@ def infer(args: ScriptArguments, model_args, instruction: str):
 
     source = open_image(args.image)
     device = torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")  # fmt: skip
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, processor = load_policy(model_args.model_name_or_path, dtype)
+    model, processor = load_policy(model_args.model_name_or_path, model_args)  # --dtype: bf16 on CUDA, else fp32
     model = model.to(device).eval()
     pipe = load_pipeline(args.pipeline, device, args.pipeline_cpu_offload)
     view = vlm_view(pipe, source)
@@ -578,8 +620,15 @@ def main(argv=None):
     import torch
     from trl import ModelConfig
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     parser = make_parser()
+    # a bool flag takes an optional value (HfArgumentParser: nargs="?"), so `--pipeline_cpu_offload "make it blue"`
+    # would read the instruction as that value: a bare bool flag followed by a word gets an explicit `true`
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bools = {s for a in parser._actions if a.nargs == "?" for s in a.option_strings}
+    values = {"true", "false", "yes", "no", "t", "f", "y", "n", "1", "0"}
+    bare = [a in bools and i + 1 < len(argv) and argv[i + 1][:1] != "-" and argv[i + 1].lower() not in values
+            for i, a in enumerate(argv)]  # fmt: skip
+    argv = [w for a, b in zip(argv, bare, strict=True) for w in ((a, "true") if b else (a,))]
     cuda, note = torch.cuda.is_available(), None
     if not cuda or not torch.cuda.is_bf16_supported():  # before parsing, so --config / CLI values still win
         note = "no CUDA device: training on the CPU" if not cuda else "this GPU has no bf16: training"
@@ -589,12 +638,11 @@ def main(argv=None):
     # (so an option's value is never taken for a word) and builds none of them (GRPOConfig's device checks don't run)
     stripped, skip = [], False
     for a in argv:  # --config FILE is TrlParser's own, not an argparse option; read it for the inference path
-        if skip and Path(a).is_file():
-            import yaml
-
-            parser.set_defaults_with_config(**{k: v for k, v in (yaml.safe_load(Path(a).read_text()) or {}).items() if k != "env"})  # fmt: skip
-        elif skip:
-            fail(f"config file not found: {a}")
+        if skip:
+            try:
+                parser.set_defaults_with_config(**{k: v for k, v in read_config(a).items() if k != "env"})
+            except ValueError as e:
+                fail(str(e))
         elif a != "--config":
             stripped.append(a)
         skip = a == "--config"
@@ -603,9 +651,11 @@ def main(argv=None):
         fail(f"unrecognised arguments: {' '.join(w for w in words if w.startswith('-'))}")
     if words:  # inference
         args = ScriptArguments(**{f.name: getattr(namespace, f.name) for f in fields(ScriptArguments)})
-        model_args = ModelConfig(**{f.name: getattr(namespace, f.name) for f in fields(ModelConfig) if f.init})
         instruction = " ".join(words).strip()
         try:
+            model_args = ModelConfig(**{f.name: getattr(namespace, f.name) for f in fields(ModelConfig) if f.init})
+            if model_args.load_in_4bit or model_args.load_in_8bit:
+                raise ValueError("--load_in_4bit / --load_in_8bit are for training (inference loads --dtype weights)")
             if not instruction:
                 raise ValueError("empty instruction")
             if not args.image:
@@ -615,11 +665,13 @@ def main(argv=None):
         except ValueError as e:
             fail(str(e))
         return infer(args, model_args, instruction)
-    if note:
+    if note and is_main():
         print(f"note: {note}")
     try:  # training: user errors before any model loads
         args, training_args, model_args = parser.parse_args_and_config(argv)
         check_args(args, model_args.model_name_or_path)
+        if not args.with_response:  # a group shares its conditioning and seed: identical images, zero advantages
+            raise ValueError("--with_response false is for inference: in training it gives a group identical edits")
         if not os.environ.get("OPENAI_API_KEY"):
             raise ValueError("the judge needs OPENAI_API_KEY in the environment (any value for a local server)")
         rows = read_rows(args.data)

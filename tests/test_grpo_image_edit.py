@@ -314,6 +314,11 @@ def test_grpo_cpu_defaults_lora_and_image_driven_rewards(grpo_run, tiny_qwen25_v
     assert min(float(log["frac_reward_zero_std"]) for log in logs) == 0.0
     judged = [r for r in requests if r[1].endswith("/chat/completions")]
     assert len(judged) == 8 and (out / "grids" / "step000000.png").is_file()
+    # the judge compares with the ORIGINAL source, not the VLM's view of it (64 x 64 here; 1184 x 896 for a real 4:3)
+    originals = {gradient(64, 48).tobytes(), gradient(48, 64, (0, 128, 255)).tobytes()}
+    for body in (r[2] for r in judged):
+        url = body["messages"][1]["content"][0]["image_url"]["url"]
+        assert Image.open(io.BytesIO(base64.b64decode(url.split(",")[1]))).convert("RGB").tobytes() in originals
 
 
 def test_lora_inference_on_the_grpo_output(
@@ -392,9 +397,14 @@ def test_positional_instruction_anywhere_and_training_defaults(monkeypatch, tmp_
     img = tmp_path / "in.png"
     gradient(8, 8).save(img)
     for argv in (["make", "it", "blue", "--image", img], ["--image", img, "make it blue"], ["--image", img, "make", "--output", "o.png", "it", "blue"],
-                 ["--with_response", "false", "--image", img, "make it blue", "--config", REPO / "recipes/image_edit_qwen7b.yaml"]):  # fmt: skip
+                 ["--with_response", "false", "--image", img, "make it blue", "--config",
+                  REPO / "recipes/image_edit_qwen7b.yaml"],
+                 ["--image", img, "--pipeline_cpu_offload", "make it blue"]):  # fmt: skip
         G.main(list(map(str, argv)))
         assert seen.pop()[2] == "make it blue"
+    G.main(["--image", str(img), "--pipeline_cpu_offload", "make", "it", "blue", "--with_response", "False"])
+    args, _, instruction = seen.pop()  # a bare bool flag is true; a bool word after one is its value
+    assert (args.pipeline_cpu_offload, args.with_response, instruction) == (True, False, "make it blue")
     G.main(["--data", str(REPO / "recipes/image_edit_edits.jsonl"), "--output_dir", str(tmp_path)])
     args, training_args, model_args, rows = seen.pop()
     assert (training_args.use_cpu, training_args.bf16, model_args.dtype) == (True, False, "float32")  # CPU picked
@@ -409,7 +419,7 @@ def test_positional_instruction_anywhere_and_training_defaults(monkeypatch, tmp_
         16,
         "dr_grpo",
     )
-    assert training_args.gradient_checkpointing and len(rows) == 6
+    assert len(rows) == 6
     G.main(
         ["--data", str(REPO / "recipes/image_edit_edits.jsonl"), "--output_dir", str(tmp_path), "--use_peft", "false"]
     )
@@ -442,13 +452,16 @@ def test_help_lists_own_flags_first_in_groups(capsys):
         ("infer_not_an_image", "not an image"),
         ("infer_no_image", "give the source image with --image"),
         ("n_evals_0", "--judge_n_evals must be >= 1"),
-        ("steps_0", "--num_inference_steps must be >= 1"),
+        ("steps_1", "--num_inference_steps must be >= 2 (got 1)"),
         ("edit_batch_0", "--edit_batch_size must be >= 1"),
         ("timeout_0", "--judge_timeout must be > 0"),
         ("unknown_option", "unrecognised arguments: --num_beam"),
         ("bad_bool", "--with_response"),
         ("no_key", "OPENAI_API_KEY"),
         ("config_missing", "config file not found"),
+        ("config_bad_yaml", "bad.yaml, line 2: invalid YAML: expected ',' or ']'"),
+        ("with_response_in_training", "--with_response false is for inference"),
+        ("infer_4bit", "--load_in_4bit / --load_in_8bit are for training"),
         ("grpo_config_invalid", "divisible"),
     ],
 )
@@ -456,6 +469,7 @@ def test_bad_input_is_one_line_before_any_weights(case, message, tiny_qwen_image
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     gradient(8, 8).save(tmp_path / "ok.png")
     (tmp_path / "x.png").write_text("not a png")
+    (tmp_path / "bad.yaml").write_text("data: [oops\n")
     good = json.dumps({"image": "ok.png", "instruction": "x"})
     data = {"no_image_key": [good, json.dumps({"instruction": "x"})], "bad_json": [good, "{oops"],
             "missing_image_file": [good, json.dumps({"image": "none.png", "instruction": "x"})]}.get(case, [good])  # fmt: skip
@@ -470,10 +484,13 @@ def test_bad_input_is_one_line_before_any_weights(case, message, tiny_qwen_image
         "pipeline_wrong_class": [*train, "--pipeline", str(tmp_path / "t2i")], "model_missing": [*train, "--model_name_or_path", "/no/model"],
         "model_not_a_folder": [*infer, "--model_name_or_path", str(tmp_path)], "infer_missing_image": ["--image", "missing.png", "make it blue"],
         "infer_not_an_image": ["--image", str(tmp_path / "x.png"), "make it blue"], "infer_no_image": ["make it blue"],
-        "n_evals_0": [*train, "--judge_n_evals", "0"], "steps_0": [*infer, "--num_inference_steps", "0"],
+        "n_evals_0": [*train, "--judge_n_evals", "0"], "steps_1": [*infer, "--num_inference_steps", "1"],
         "edit_batch_0": [*train, "--edit_batch_size", "0"], "timeout_0": [*train, "--judge_timeout", "0"],
-        "unknown_option": [*train, "--num_beam", "3"], "bad_bool": [*train, "--with_response", "maybe"],
+        "unknown_option": [*train, "--num_beam", "3"], "bad_bool": [*train, "--with_response=maybe"],
         "config_missing": [*train, "--config", str(tmp_path / "none.yaml")], "grpo_config_invalid": [*train, "--generation_batch_size", "6"],
+        "config_bad_yaml": [*train, "--config", str(tmp_path / "bad.yaml")],
+        "with_response_in_training": [*train, "--with_response", "false"],
+        "infer_4bit": [*infer, "--load_in_4bit", "true"],
     }.get(case, train)  # fmt: skip
     if case == "no_key":
         monkeypatch.delenv("OPENAI_API_KEY")
@@ -498,6 +515,68 @@ def test_recipe_and_demo_data_parse(monkeypatch):
         ["--config", "recipes/image_edit_qwen7b.yaml", "--bf16", "false", "--use_cpu", "true"]
     )
     assert (args.pipeline, args.judge_n_evals, args.if_weight) == ("Qwen/Qwen-Image-Edit-2509", 3, 0.6)
-    assert (training_args.num_generations, training_args.gradient_checkpointing, model_args.lora_r) == (16, True, 128)
+    assert (training_args.num_generations, model_args.lora_r) == (16, 128)
+    # resuming under ZeRO-2 needs the optimizer state in every checkpoint (save_only_model would drop global_step*/)
+    assert training_args.save_only_model is False
     rows = G.read_rows(args.data)
     assert len(rows) == 6 and all(r["instruction"].strip() for r in rows) and rows[0]["image"].size == (96, 64)
+
+
+def test_one_error_line_from_the_main_process_only(monkeypatch, tmp_path, capsys):
+    """Under a launcher every rank validates; only rank 0 prints (the note and the error), every rank exits 2."""
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    argv = [
+        "--data",
+        str(REPO / "recipes/image_edit_edits.jsonl"),
+        "--output_dir",
+        str(tmp_path),
+        "--judge_n_evals",
+        "0",
+    ]
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exc:
+            G.main(argv)
+        out, err = capsys.readouterr()
+        assert (
+            exc.value.code == 2 and ("note:" in out) == printed and err.startswith("error: --judge_n_evals") == printed
+        )
+        assert printed or err == ""
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("path", ["train", "infer"])
+def test_model_flags_reach_from_pretrained(
+    path, tiny_qwen25_vl, tiny_qwen_image_edit, small_resize, monkeypatch, tmp_path
+):
+    from transformers import PreTrainedModel
+
+    calls, original = [], PreTrainedModel.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *args, **kwargs):
+        if str(name) == tiny_qwen25_vl:
+            calls.append(kwargs)
+            raise Stop
+        return original(cls, name, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    gradient(64, 48).save(tmp_path / "in.png")
+    flags = ["--model_name_or_path", tiny_qwen25_vl, "--pipeline", tiny_qwen_image_edit,
+             "--attn_implementation", "eager", "--model_revision", "v1.0", "--dtype", "bfloat16"]  # fmt: skip
+    if path == "train":
+        argv = [*flags, "--load_in_4bit", "true", "--data", write_data(tmp_path), "--output_dir", str(tmp_path / "o"),
+                "--report_to", "none", "--num_generations", "4", "--generation_batch_size", "4"]  # fmt: skip
+    else:
+        argv = [*flags, "--image", str(tmp_path / "in.png"), INSTR]
+    with pytest.raises(Stop):
+        G.main(argv)
+    kw = calls[0]
+    quant = kw.get("quantization_config")
+    assert (quant is not None and quant.load_in_4bit) == (path == "train")
+    # AutoModelFor* moves attn_implementation into the config it hands to the model class
+    assert kw.get("attn_implementation", getattr(kw.get("config"), "_attn_implementation", None)) == "eager"
+    assert kw["revision"] == "v1.0" and kw["dtype"] in ("bfloat16", torch.bfloat16)
