@@ -38,7 +38,7 @@ Usage (run from the repository root; bf16 LLM weights and autocast on CUDA, fp32
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 video_enhancer.py \\
         --config recipes/video_rl.yaml
     # generation with vLLM (pip install vllm; optional). colocate: inside the training process, which then holds a
-    # second bf16 copy of the 14B, so one 141 GB H200 (memory.py: 54.5 GiB for the recipe + 0.35 x 141 GB; an estimate)
+    # second bf16 copy of the 14B, so one 141 GB H200 (memory.py: 54.7 GiB for the recipe + 0.35 x 141 GB; an estimate)
     accelerate launch video_enhancer.py --config recipes/video_rl.yaml --use_vllm true --vllm_mode colocate \\
         --vllm_gpu_memory_utilization 0.35
     # server: vLLM on its own GPU (80 GB holds the 14B in bf16), training on another; TRL pushes the merged LoRA
@@ -50,8 +50,11 @@ Usage (run from the repository root; bf16 LLM weights and autocast on CUDA, fp32
     python video_enhancer.py --config recipes/video_rl.yaml --sft_adapter <small LoRA> --video_model <small T2V> \\
         --num_frames 5 --height 32 --width 32 --num_inference_steps 2 --max_steps 2 --max_completion_length 16
 Expected: SFT loss falls within the first epoch; stage-2 reward is noisy (upstream saw no clear trend in 50 steps).
-Hardware (recipes' headers): one 80 GB GPU per stage; per-GPU memory is computed by benchmarks/memory.py from the real
-configs (README table), not measured here (no GPU was available).
+Hardware (recipes' headers): one 80 GB GPU per stage. `python benchmarks/memory.py --recipe recipes/video_sft.yaml`
+(and video_rl.yaml) computes 30.1 GiB for SFT and 54.7 GiB for RL on that GPU (weights counted on the meta device,
+activations estimated; not measured: no GPU was available); the README's "Memory per GPU" table has the other configs.
+ModelConfig's --dtype, --attn_implementation, --model_revision and (training only) --load_in_4bit / --load_in_8bit
+reach the LLM's from_pretrained.
 """
 
 import asyncio
@@ -142,8 +145,18 @@ def warn(msg: str, e: Exception | None = None):
 
 
 def fail(msg: str):
-    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)  # exactly one line
-    sys.exit(2)
+    if os.environ.get("RANK", "0") == "0":  # launched processes (torchrun sets RANK): only the main process prints
+        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)  # exactly one line
+    sys.exit(2)  # every rank exits, before any collective
+
+
+def model_kwargs(model_args) -> dict:
+    """ModelConfig -> the LLM's from_pretrained kwargs (the trainers pass model_init_kwargs through unchanged)."""
+    from trl import get_quantization_config
+
+    quant = get_quantization_config(model_args)  # None unless --load_in_4bit / --load_in_8bit
+    return dict(dtype=model_args.dtype, revision=model_args.model_revision,
+                attn_implementation=model_args.attn_implementation, quantization_config=quant)  # fmt: skip
 
 
 def build_messages(simple: str) -> list[dict]:
@@ -187,7 +200,7 @@ def load_pairs(path: str | None, need_detailed: bool = True) -> list[dict]:
             raise ValueError(
                 f"{p}: record {json_record(text, e.pos)} (line {e.lineno}): invalid JSON: {e.msg}"
             ) from None
-        records = [data[k] for k in sorted(data)] if isinstance(data, dict) else data
+        records = list(data.values()) if isinstance(data, dict) else data  # file order, as json_record counts
     pairs = []
     for i, r in enumerate(records if isinstance(records, list) else [records], 1):
         r = {"simple": r} if isinstance(r, str) and not need_detailed else r
@@ -317,7 +330,7 @@ class Videos:
             return len(iio.imread(path, extension=".mp4")) > 0
         except Exception as e:
             warn(f"cache entry {path.name} cannot be decoded, regenerating it", e)
-            path.unlink()
+            path.unlink(missing_ok=True)  # another rank may have removed the same entry already
             return False
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> list[str | None]:
@@ -404,15 +417,19 @@ def get_video_reward(videos: Videos, scorer, args: ScriptArguments, seed: int, s
         prompts, completions, simple, trainer_state=None, log_metric=None, log_extra=None, **kwargs
     ) -> list[float | None]:
         """Mean over --reward_frames frames of the weighted score.py metrics vs the SIMPLE prompt (higher is better);
-        None if the video failed. Each rank renders and scores only its own completions."""
+        None if the video failed or the completion is empty. Each rank renders and scores only its own completions."""
         flush_traces(state)  # the previous step's rows (judge included); every rank calls this, it gathers
         step = trainer_state.global_step if trainer_state is not None else 0
-        detailed = [(c if isinstance(c, str) else c[-1]["content"]).strip() or s for c, s in zip(completions, simple, strict=True)]  # fmt: skip
+        detailed = [(c if isinstance(c, str) else c[-1]["content"]).strip() for c in completions]
         # CRUCIAL: the seed comes from (seed, step, simple prompt), never from the rank, so a group split over ranks
         # shares one seed and its members differ only by their detailed prompt
         seeds = [zlib.crc32(f"{seed}|{step}|{s}".encode()) for s in simple]
         hits, misses, failures, t0 = videos.hits, videos.misses, videos.failures, time.perf_counter()
-        paths = videos(detailed, seeds)
+        # an empty completion is not rendered (rendering the simple prompt instead would be a free copy-the-input
+        # action): its reward is None, which TRL skips, and it is counted
+        todo, paths = [i for i, d in enumerate(detailed) if d], [None] * len(detailed)
+        for i, path in zip(todo, videos([detailed[i] for i in todo], [seeds[i] for i in todo]), strict=True):
+            paths[i] = path
         frames = [sample_frames(p, args.reward_frames) if p else [] for p in paths]
         flat = [f for fs in frames for f in fs]
         total, details = (
@@ -434,6 +451,7 @@ def get_video_reward(videos: Videos, scorer, args: ScriptArguments, seed: int, s
             log_metric("video/generated", float((videos.misses - misses) * num_processes))
             log_metric("video/cache_hits", float((videos.hits - hits) * num_processes))
             log_metric("video/failures", float((videos.failures - failures) * num_processes))
+            log_metric("video/empty_completions", float((len(detailed) - len(todo)) * num_processes))
             log_metric("time/video_s", time.perf_counter() - t0)  # mean over ranks
             for name, vals in details.items():  # mean of rank means (equal per-rank counts unless a video failed)
                 log_metric(f"video/{name}", sum(vals) / len(vals))
@@ -521,7 +539,7 @@ def sft_trainer(args: ScriptArguments, training_args, model_args):
     dataset = Dataset.from_list([
         {"prompt": build_messages(p["simple"]), "completion": [{"role": "assistant", "content": p["detailed"].strip()}]}
         for p in load_pairs(args.data)])  # fmt: skip
-    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": model_args.dtype}
+    training_args.model_init_kwargs = {**model_kwargs(model_args), **(training_args.model_init_kwargs or {})}
     peft_config = get_peft_config(model_args)
     return SFTTrainer(
         model_args.model_name_or_path, args=training_args, train_dataset=dataset, peft_config=peft_config
@@ -545,11 +563,12 @@ def sft(args: ScriptArguments, training_args, model_args):
 ########################
 # Stage 2: online RL (GRPO)
 ########################
-def load_policy(adapter: str, dtype: str):
-    """The stage-1 LoRA, trainable, on its base model loaded in `dtype` (bf16 on CUDA by default)."""
+def load_policy(adapter: str, model_args):
+    """The stage-1 LoRA, trainable, on its base model loaded with the ModelConfig flags (--dtype: bf16 on CUDA by
+    default); --model_revision is the adapter's revision (the base's is in adapter_config.json)."""
     from peft import AutoPeftModelForCausalLM
 
-    return AutoPeftModelForCausalLM.from_pretrained(adapter, is_trainable=True, dtype=dtype)
+    return AutoPeftModelForCausalLM.from_pretrained(adapter, is_trainable=True, **model_kwargs(model_args))
 
 
 def rl(args: ScriptArguments, training_args, model_args):
@@ -563,9 +582,9 @@ def rl(args: ScriptArguments, training_args, model_args):
     # Model: continue the stage-1 adapter (trainable), or start a LoRA on --model_name_or_path
     ################
     model, peft_config = model_args.model_name_or_path, get_peft_config(model_args)
-    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": model_args.dtype}
+    training_args.model_init_kwargs = {**model_kwargs(model_args), **(training_args.model_init_kwargs or {})}
     if args.sft_adapter:
-        model, peft_config = load_policy(args.sft_adapter, model_args.dtype), None
+        model, peft_config = load_policy(args.sft_adapter, model_args), None
 
     ################
     # Dataset and rewards
@@ -612,14 +631,14 @@ def infer(args: ScriptArguments, model_args, prompts: list[str]):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")  # fmt: skip
-    path, dtype = model_args.model_name_or_path, model_args.dtype  # bf16 on CUDA, fp32 elsewhere (make_parser)
+    path, kwargs = model_args.model_name_or_path, model_kwargs(model_args)  # --dtype: bf16 on CUDA, else fp32
     if (Path(path) / "adapter_config.json").is_file():  # a LoRA folder from either stage
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model, tok = model.to(device).eval(), AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model, tok = model.to(device).eval(), AutoTokenizer.from_pretrained(path, revision=kwargs["revision"])
     tok.padding_side = "left"
     texts = [tok.apply_chat_template(build_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -686,6 +705,8 @@ def validate(stage: str, args: ScriptArguments, model_args, reward_weights, prom
     if prompts:  # inference
         if not all(p.strip() for p in prompts) or not model_args.model_name_or_path:
             raise ValueError("give non-empty prompts and --model_name_or_path (a folder from either stage)")
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            raise ValueError("--load_in_4bit / --load_in_8bit are for training (inference loads --dtype weights)")
         check_policy(model_args.model_name_or_path, "--model_name_or_path")
         return check_video(args) if args.generate_video else None
     if stage == "sft":
@@ -729,7 +750,11 @@ def parse(argv: list[str] | None = None):
         path = argv[i + 1] if i + 1 < len(argv) else ""
         if not Path(path).is_file():
             fail(f"config file not found: {path}")
-        config = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.MarkedYAMLError as e:
+            context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context_mark else ""
+            fail(f"{path}, line {e.problem_mark.line + 1}: invalid YAML: {e.problem}{context}")
         if not isinstance(config, dict):
             fail(f"{path}: must hold a YAML mapping")
         del argv[i : i + 2]
@@ -744,6 +769,13 @@ def parse(argv: list[str] | None = None):
     unknown = parser.set_defaults_with_config(**config)
     if unknown:
         fail(f"unknown keys in the config file: {' '.join(unknown[::2])}")
+    # a bool flag takes an optional value (HfArgumentParser: nargs="?"), so `--use_peft "a dog"` would read the prompt
+    # as that value: a bare bool flag followed by a word gets an explicit `true`
+    bools = {s for a in parser._actions if a.nargs == "?" for s in a.option_strings}
+    values = {"true", "false", "yes", "no", "t", "f", "y", "n", "1", "0"}
+    bare = [a in bools and i + 1 < len(argv) and argv[i + 1][:1] != "-" and argv[i + 1].lower() not in values
+            for i, a in enumerate(argv)]  # fmt: skip
+    argv = [w for a, b in zip(argv, bare, strict=True) for w in ((a, "true") if b else (a,))]
     ns, prompts = parser.parse_known_args(argv)  # every option consumes its value: the leftovers are the prompts
     if any(p.startswith("-") for p in prompts):
         fail(f"unrecognised arguments: {' '.join(p for p in prompts if p.startswith('-'))}")

@@ -119,10 +119,13 @@ def test_sft_masks_the_prompt_and_trains_completion_plus_end_of_turn(qwen25, tmp
 def test_data_layouts(tmp_path):
     seed = {"pair_02": {"lay": "b", "elaborate": "B long"}, "pair_01": {"lay": "a", "elaborate": "A long"}}
     (tmp_path / "seed.json").write_text(json.dumps(seed))
-    assert V.load_pairs(str(tmp_path / "seed.json")) == [
-        {"simple": "a", "detailed": "A long"},
+    assert V.load_pairs(str(tmp_path / "seed.json")) == [  # file order: a record number is a position in the file
         {"simple": "b", "detailed": "B long"},
+        {"simple": "a", "detailed": "A long"},
     ]
+    (tmp_path / "bad.json").write_text(json.dumps({"pair_02": {"lay": ""}, "pair_01": {"lay": "a", "elaborate": "x"}}))
+    with pytest.raises(ValueError, match="record 1 has no simple prompt"):  # pair_02 is the first record in the file
+        V.load_pairs(str(tmp_path / "bad.json"))
     (tmp_path / "p.jsonl").write_text('{"simple": "a", "detailed": "x"}\n{"simple": "b"}\n')
     assert [p["simple"] for p in V.load_pairs(str(tmp_path / "p.jsonl"), need_detailed=False)] == ["a", "b"]
 
@@ -147,7 +150,9 @@ def test_recipes_train_in_bf16_on_cuda_fp32_on_cpu(cuda, bf16, expected, monkeyp
 
 
 def test_rl_policy_loads_in_the_chosen_dtype(sft_adapter):
-    model = V.load_policy(str(sft_adapter), "bfloat16")
+    from trl import ModelConfig
+
+    model = V.load_policy(str(sft_adapter), ModelConfig(dtype="bfloat16"))
     base = [p for n, p in model.named_parameters() if "lora_" not in n]
     assert base and all(p.dtype == torch.bfloat16 for p in base)
 
@@ -224,6 +229,19 @@ def test_interrupted_cache_write_leaves_no_entry(tiny_wan, tmp_path, monkeypatch
     assert (videos.hits, videos.misses) == (0, 2) and iio.imread(path, extension=".mp4").shape == (5, 32, 32, 3)
 
 
+def test_broken_entry_removed_by_another_rank_is_still_a_miss(tiny_wan, tmp_path, monkeypatch, capsys):
+    videos = V.Videos(V.ScriptArguments(video_model=tiny_wan, **TINY), str(tmp_path), torch.device("cpu"))
+    path = videos.path("a dog", 1)
+    path.write_bytes(b"not an mp4")
+
+    def other_rank_unlinks_first(uri, **kwargs):  # both ranks saw the broken entry; the other one removed it
+        path.unlink()
+        raise OSError("cannot decode")
+
+    monkeypatch.setattr(iio, "imread", other_rank_unlinks_first)
+    assert videos.cached(path) is False and "cannot be decoded" in capsys.readouterr().err
+
+
 def test_undecodable_cache_entry_is_a_logged_miss(tiny_wan, tmp_path, capsys):
     videos = V.Videos(V.ScriptArguments(video_model=tiny_wan, **TINY), str(tmp_path), torch.device("cpu"))
     (path,) = videos(["a dog"], [1])
@@ -293,6 +311,20 @@ def test_video_reward_scores_frames_against_the_simple_prompt(tiny_wan, scorer_e
     for r, record in zip(rewards, state["records"], strict=True):
         frames = V.sample_frames(record["video_path"], 2)
         assert r == pytest.approx(sum(real(frames, [record["simple_prompt"]] * 2)[0]) / 2)
+
+
+def test_empty_completion_is_none_not_the_simple_prompts_video(tiny_wan, scorer_env, tmp_path):
+    import score
+
+    args, metrics = V.ScriptArguments(video_model=tiny_wan, **TINY), {}
+    videos = V.Videos(args, str(tmp_path / "cache"), torch.device("cpu"))
+    reward = V.get_video_reward(videos, score.MultiScorer({"clip": 1.0}), args, 42, {"trace_path": tmp_path / "t"}, 2)
+    rewards = reward(prompts=["a dog"] * 3, completions=["", "a dog surfing, camera pans", " \n"],
+                     simple=["a dog"] * 3,
+                     log_metric=lambda name, value: metrics.setdefault(name, value))  # fmt: skip
+    assert rewards[0] is None and rewards[2] is None and isinstance(rewards[1], float)  # TRL skips None
+    assert videos.misses == 1 and len(list((tmp_path / "cache").glob("*.mp4"))) == 1  # only the non-empty one rendered
+    assert metrics["video/empty_completions"] == 4.0  # 2 empty here, times 2 processes (TRL averages over ranks)
 
 
 def test_reward_normalisation_and_checklist_from_the_recipe(
@@ -490,6 +522,8 @@ def bad_inputs(f):
         ),
         "config_missing": (["--config", "/no/recipe.yaml"], "config file not found: /no/recipe.yaml"),
         "config_unknown_key": (["--config", f.bad_yaml], "unknown keys in the config file: --bogus"),
+        "config_yaml_syntax": (["--config", f.yaml_syntax], f"{f.yaml_syntax}, line 2: invalid YAML: expected ','"),
+        "infer_4bit": ([*infer, "--load_in_4bit", "true"], "--load_in_4bit / --load_in_8bit are for training"),
         "no_mp4_writer": (rl, "no mp4 writer available"),
     }
 
@@ -509,7 +543,7 @@ def bad_files(qwen25, sft_adapter, tiny_wan, tmp_path):
              "jsonl_bad": ("b.jsonl", '{"simple": "a", "detailed": "b"}\n{"simple": "c",}\n'),
              "no_simple": ("s.json", json.dumps([{"simple": "a", "detailed": "b"}, {"lay": ""}])),
              "no_detailed": ("d.json", json.dumps([{"simple": "a"}])), "empty": ("e.json", "[]"),
-             "bad_yaml": ("r.yaml", "stage: sft\nbogus: 1\n")}  # fmt: skip
+             "bad_yaml": ("r.yaml", "stage: sft\nbogus: 1\n"), "yaml_syntax": ("y.yaml", "data: [oops\n")}  # fmt: skip
     for key, (name, text) in files.items():
         (tmp_path / name).write_text(text)
         setattr(f, key, str(tmp_path / name))
@@ -529,6 +563,54 @@ def test_bad_input_one_line_before_weights(case, bad_files, no_weights, capsys, 
         V.main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+
+
+def test_one_error_line_from_the_main_process_only(monkeypatch, capsys):
+    """Under a launcher every rank validates; only rank 0 prints the error, every rank exits 2."""
+    for rank, printed in (("1", ""), ("0", "error: data file not found: /no/data.json\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exc:
+            V.main(["--stage", "sft", "--data", "/no/data.json"])
+        assert exc.value.code == 2 and capsys.readouterr().err == printed
+
+
+def test_bare_bool_flag_does_not_swallow_the_prompt(sft_adapter, no_weights):
+    *_, model_args, prompts = V.parse(["--model_name_or_path", str(sft_adapter), "--use_rslora", "a dog surfing"])
+    assert prompts == ["a dog surfing"] and model_args.use_rslora is True
+    *_, model_args, prompts = V.parse(["--use_rslora", "False", "a dog", "--model_name_or_path", str(sft_adapter)])
+    assert prompts == ["a dog"] and model_args.use_rslora is False  # a bool word after the flag is its value
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("path", ["sft", "rl", "infer"])
+def test_model_flags_reach_from_pretrained(path, qwen25, sft_adapter, tiny_wan, monkeypatch, tmp_path):
+    from transformers import PreTrainedModel
+
+    calls, original = [], PreTrainedModel.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *args, **kwargs):
+        if str(name) == qwen25:  # the policy (for rl: the stage-1 adapter's base)
+            calls.append(kwargs)
+            raise Stop
+        return original(cls, name, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(from_pretrained))
+    flags = ["--attn_implementation", "eager", "--dtype", "bfloat16", "--output_dir", str(tmp_path)]
+    quant = ["--load_in_8bit", "true"]
+    model, rl = ["--model_name_or_path", qwen25, "--model_revision", "v1"], ["--sft_adapter", str(sft_adapter)]
+    argv = {"sft": ["--stage", "sft", "--data", PAIRS, *model, *quant],
+            "rl": ["--stage", "rl", "--data", PAIRS, *rl, "--video_model", tiny_wan, *quant],
+            "infer": ["a dog", *model]}[path]  # fmt: skip
+    with pytest.raises(Stop):
+        V.main([*argv, *flags])
+    kw = calls[0]
+    assert (kw.get("quantization_config") is not None and kw["quantization_config"].load_in_8bit) == (path != "infer")
+    # AutoModelFor* moves attn_implementation into the config it hands to the model class
+    assert kw.get("attn_implementation", getattr(kw.get("config"), "_attn_implementation", None)) == "eager"
+    assert kw["dtype"] in ("bfloat16", torch.bfloat16) and (path == "rl" or kw["revision"] == "v1")
 
 
 def test_bad_input_subprocess_one_line():
@@ -578,7 +660,9 @@ def test_two_process_rl_and_resume(sft_adapter, tiny_wan, tiny_scorers, tmp_path
 
 
 @pytest.mark.parametrize("mode", ["colocate", "server"])
-def test_vllm_generation_is_not_blocked(mode, sft_adapter, tiny_wan, tmp_path, no_weights):
+def test_vllm_flags_parse_with_the_recipe_sampling_and_are_documented(
+    mode, sft_adapter, tiny_wan, tmp_path, no_weights
+):
     _, _, training_args, _, _ = V.parse(["--stage", "rl", "--data", PAIRS, "--sft_adapter", str(sft_adapter),
                                          "--video_model", tiny_wan, "--output_dir", str(tmp_path), "--use_vllm",
                                          "true", "--vllm_mode", mode])  # fmt: skip
