@@ -32,7 +32,7 @@ Differences from the reference packages:
    transformers 4.45. We load the very same weights: HPS into stock open_clip, ImageReward onto transformers'
    `BlipVisionModel` / `BlipTextModel`, HPSv3 onto transformers 5's `Qwen2VLModel` + its head (every checkpoint tensor
    is mapped; see `_imagereward_state_dict`, `_hpsv3_state_dict`); HPSv3's unused LM head is not loaded.
-2. `hpsv2.score` defaults to v2.0 and reloads the checkpoint on every call; we default to v2.1 and load once.
+2. `hpsv2.score` defaults to v2.0 and reloads the checkpoint on every call; we score v2.1 only and load it once.
 3. Images are scored in batches; ImageReward's `inference_rank`, `hpsv2.score` and MPS's eval score one at a time.
 4. MPS's checkpoint is a whole pickled module of its repository's classes (transformers 4.27). A restricted unpickler
    reads its tensors without that code (`load_pickled_state_dict`), the CLIP part loads into transformers' CLIPModel
@@ -120,7 +120,7 @@ HPSV3_INSTRUCTION = "\n".join([
 ])  # fmt: skip
 HPSV3_SUFFIX = "\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
 HPSV3_PIXELS = 256 * 28 * 28  # min_pixels = max_pixels: every image becomes ~256 merged tokens
-HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
+HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt"}  # the checkpoint file in xswu/HPSv2 (benchmarks write one by this name)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, used by HPS and ImageReward
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # ImageReward's dataset normalisation (THUDM/ImageReward ImageReward/ImageReward.py: self.mean, self.std)
@@ -224,16 +224,15 @@ def openai_clip_pixels(images, size: int):
 
 
 def clip_features(model, tokenizer, px, prompts, device):
-    """L2-normalised projected (image, text) embeddings; transformers 5 returns an output object, 4 a tensor."""
+    """L2-normalised projected (image, text) embeddings (transformers 5: the projection is `.pooler_output`)."""
     import torch.nn.functional as F
 
-    img = model.get_image_features(pixel_values=px.to(device, model.dtype))
-    img = getattr(img, "pooler_output", img)
+    img = model.get_image_features(pixel_values=px.to(device, model.dtype)).pooler_output
     txt = None
     if prompts is not None:
         tok = tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
-        txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
-        txt = F.normalize(getattr(txt, "pooler_output", txt).float(), dim=-1)
+        txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output
+        txt = F.normalize(txt.float(), dim=-1)
     return F.normalize(img.float(), dim=-1), txt
 
 
@@ -276,22 +275,18 @@ class Scorer:
 
 
 class HPSv2Scorer(Scorer):
-    """HPSv2 (github.com/tgxs002/HPSv2): open_clip ViT-H-14 fine-tuned on human preferences; v2.1 by default."""
+    """HPSv2.1 (github.com/tgxs002/HPSv2): open_clip ViT-H-14 fine-tuned on human preferences."""
 
     name = "hpsv2"
 
     def load(self, locations):
         import open_clip
 
-        version = locations.get("hps_version", "v2.1")
-        if version not in HPS_FILES:
-            raise ValueError(f"hps_version must be one of {sorted(HPS_FILES)}, got {version!r}")
-        self.definition = DEFINITIONS["hpsv2"].replace("HPSv2.1", f"HPS{version}")
         arch = locate("hps_arch", locations)
         if arch.endswith(".json"):  # a custom open_clip config (the tests' tiny ViT) registered under its file stem
             open_clip.add_model_config(arch)
             arch = Path(arch).stem
-        ckpt = resolve_file(locate("hps_checkpoint", locations), HPS_FILES[version])
+        ckpt = resolve_file(locate("hps_checkpoint", locations), HPS_FILES["v2.1"])
         # open_clip reads the {"state_dict": ...} file itself (strict, weights_only); no 3.9 GB LAION download first.
         # Weights stay fp32 and self.dtype is an autocast dtype, as HPSv2 img_score.py (torch.cuda.amp.autocast)
         self.model = open_clip.create_model(arch, pretrained=ckpt).to(self.device).eval().requires_grad_(False)
@@ -388,17 +383,17 @@ class PickScorer(Scorer):
         return self.model.logit_scale.exp().float() * (img * txt).sum(-1)
 
 
-def _imagereward_state_dict(ckpt: dict, num_vision_layers: int) -> tuple[dict, dict, dict, dict]:
-    """Map every tensor of `ImageReward.pt` onto (BlipVisionModel, BlipTextModel, projections, reward MLP) keys.
+def _imagereward_state_dict(ckpt: dict, num_vision_layers: int) -> tuple[dict, dict, dict]:
+    """Map every tensor of `ImageReward.pt` onto (BlipVisionModel, BlipTextModel, reward MLP) keys.
 
     Upstream layout (THUDM/ImageReward ImageReward/models/BLIP: BLIP_Pretrain(vit="large") + MLP(768)):
     `blip.visual_encoder.*` is BLIP's timm-style ViT, `blip.text_encoder.*` its MED BERT with cross-attention,
-    `blip.{vision,text}_proj.*` the ITC projections (stored, unused by the reward), `mlp.layers.*` the reward head.
-    Raises KeyError naming any tensor that would be left unmapped, so a silently half-loaded model cannot happen.
+    `blip.{vision,text}_proj.*` the ITC projections (stored, never used by the reward: dropped), `mlp.layers.*` the
+    reward head. Raises KeyError naming any other tensor, so a silently half-loaded model cannot happen.
     """
     import torch
 
-    vision, text, proj, mlp = {}, {}, {}, {}
+    vision, text, mlp = {}, {}, {}
     vit_names = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",
                  "attn.proj": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}  # fmt: skip
     vit_top = {"cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
@@ -423,13 +418,11 @@ def _imagereward_state_dict(ckpt: dict, num_vision_layers: int) -> tuple[dict, d
                     raise KeyError(f"{key} is not 0..n-1")
                 continue
             text[k] = value  # MED BertModel and BlipTextModel share names (transformers ports med.py)
-        elif key.startswith(("blip.vision_proj.", "blip.text_proj.")):
-            proj[key.removeprefix("blip.")] = value
         elif key.startswith("mlp."):
             mlp[key.removeprefix("mlp.")] = value
-        else:
+        elif not key.startswith(("blip.vision_proj.", "blip.text_proj.")):
             raise KeyError(f"unmapped ImageReward tensor {key}")
-    return vision, text, proj, mlp
+    return vision, text, mlp
 
 
 class ImageRewardScorer(Scorer):
@@ -439,7 +432,6 @@ class ImageRewardScorer(Scorer):
 
     def load(self, locations):
         import torch
-        import torch.nn as nn
         from transformers import AutoTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
         where = locate("imagereward_checkpoint", locations)
@@ -447,7 +439,7 @@ class ImageRewardScorer(Scorer):
         with open(resolve_file(where, "med_config.json")) as f:
             med = json.load(f)
         depth = 1 + max(int(k.split(".")[3]) for k in ckpt if k.startswith("blip.visual_encoder.blocks."))
-        vision_sd, text_sd, proj_sd, mlp_sd = _imagereward_state_dict(ckpt, depth)
+        vision_sd, text_sd, mlp_sd = _imagereward_state_dict(ckpt, depth)
         width = vision_sd["embeddings.position_embedding"].shape[-1]
         patch = vision_sd["embeddings.patch_embedding.weight"].shape[-1]
         grid = math.isqrt(vision_sd["embeddings.position_embedding"].shape[1] - 1)
@@ -465,12 +457,8 @@ class ImageRewardScorer(Scorer):
         )  # fmt: skip
         self.vision = BlipVisionModel(vision_cfg)
         self.text = BlipTextModel(text_cfg, add_pooling_layer=False)
-        self.proj = nn.ModuleDict(
-            {k: nn.Linear(*proj_sd[f"{k}.weight"].shape[::-1]) for k in ("vision_proj", "text_proj")}
-        )
         self.vision.load_state_dict(vision_sd, strict=True)
         self.text.load_state_dict(text_sd, strict=True)
-        self.proj.load_state_dict(proj_sd, strict=True)
         self.head = build_reward_mlp(mlp_sd).to(self.device)
         for m in (self.vision, self.text):
             m.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -826,7 +814,7 @@ def load_scorer(name: str, device=None, dtype=None, batch_size: int = 16, **loca
     """Load metric `name` once; returns a callable `(images, prompts) -> list[float]` (see the module docstring).
 
     `dtype` (torch dtype or "fp32"/"fp16"/"bf16"): None = the metric's upstream precision on CUDA, fp32 on CPU.
-    `locations` override model locations (keys of `LOCATIONS`, plus `hps_version="v2.0"` for HPSv2.0).
+    `locations` override model locations (keys of `LOCATIONS`).
     """
     if name not in SCORERS:
         raise ValueError(f"unknown metric {name!r}; valid names: {', '.join(METRICS)}")
@@ -853,10 +841,7 @@ class MultiScorer:
     """Weighted sum of metrics: `(images, prompts) -> (total, {name: raw scores})`, total = sum_m w_m * score_m."""
 
     def __init__(self, weights: dict[str, float], device=None, dtype=None, batch_size: int = 16, **locations):
-        for name in weights:
-            if name not in METRICS:
-                raise ValueError(f"unknown metric {name!r}; valid names: {', '.join(METRICS)}")
-        self.weights = dict(weights)
+        self.weights = dict(weights)  # load_scorer refuses an unknown name
         self.scorers = {n: load_scorer(n, device, dtype, batch_size, **locations) for n in self.weights}
 
     def __call__(self, images, prompts) -> tuple[list[float], dict[str, list[float]]]:
