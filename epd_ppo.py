@@ -35,26 +35,34 @@ Differences from the reference code:
 4. The policy, PPO and export follow RLEPD 5258a7f; c_k / a_k scale heads (unused for SD1.5) are not implemented.
 5. Flow models: the state is x_t itself with sigma := t (RLEPD HEAD's SD3/FLUX backends), not the VE rescaling
    x_t/(1-t) with sigma = t/(1-t): that one starts at sigma = infinity on the t = 1 grids these schedulers use.
+6. Rollout tables: each sampled segment/weight vector is clamped at 1e-6 and renormalised (RLEPD uses the raw
+   rsample): a float32 Dirichlet draw at small concentrations can be exactly 0, a -inf log-prob and a position of
+   exactly 0 or 1. The log-probs are those of the clamped draws.
+7. Reward normalisation: RLEPD's for hpsv2, pickscore, imagereward (on its +3.1-offset ImageReward), clip, aesthetic;
+   hpsv3 (not in RLEPD) maps its benchmark's model means SD2 -0.24 .. Kolors 10.55 to 0 .. 1; mps has none (refused).
 
 NFE (sequential denoiser calls per image, CFG counted once as in the paper) for --num_steps N:
     ddim N-1 | ipndm N-1 | dpm2 2(N-1) | heun 2(N-1) | epd 2(N-1) sequential, (K+1)(N-1) evaluations.
     Paper rows: DDIM 20 = --num_steps 21; EPD "Step 10, NFE 20" = --num_steps 11 --num_points 2.
 
 Usage (run from the repository root; `python epd_ppo.py --help` lists every flag):
-    # PPO, paper-best SD1.5 settings (rollout 8 = 2 prompts x 4 seeds, lr 7e-5, concentration 20, HPSv2.1) on ONE
-    # GPU (RLEPD: one H200, 8.4 s/step; frozen fp16 SD1.5 + the HPS ViT-H-14 scorer + a 35k-parameter policy: memory in
-    # the README's memory table). Plain DDP splits each rollout over GPUs and makes the same update; ZeRO/FSDP buy
-    # nothing for a 35k-parameter policy:
-    accelerate launch epd_ppo.py --prompt_file prompts.txt --outdir runs/epd --total_steps 9000
+    # PPO at the paper-best SD1.5 settings (rollout 8 = 2 prompts x 4 seeds, lr 7e-5, concentration 20, HPSv2.1) on
+    # ONE GPU, as RLEPD (one H200, 8.4 s/step): recipes/epd_ppo_sd15.yaml, hardware 1 x 80GB (frozen fp16 SD1.5, the
+    # HPS ViT-H-14 scorer and a 35k-parameter policy; computed per-GPU memory: README "Memory per GPU")
+    accelerate launch epd_ppo.py --config recipes/epd_ppo_sd15.yaml --prompt_file coco_captions.csv
+    # several GPUs: plain DDP splits each rollout and makes the same update (ZeRO/FSDP buy nothing at 35k parameters)
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 epd_ppo.py \
-        --prompt_file prompts.txt --outdir runs/epd --rollout_batch_size 64    # 8 images per GPU
+        --config recipes/epd_ppo_sd15.yaml --prompt_file coco_captions.csv --rollout_batch_size 64   # 8 images per GPU
     # sample with the learned table (its own settings), and baselines on the same seeds; then score with score.py
     python epd_ppo.py --sample --table runs/epd/table.json --prompt_file test.txt --outdir samples/epd
     python epd_ppo.py --sample --solver ddim --num_steps 21 --prompt_file test.txt --outdir samples/ddim20
     python epd_ppo.py "a cat in the rain" --table runs/epd/table.json --outdir samples/cat    # laptop: one prompt
     python score.py --metrics hpsv2,pickscore,imagereward,clip,aesthetic --images samples/epd --prompts test.txt
-    # SD3-Medium: --model_id stabilityai/stable-diffusion-3-medium-diffusers (flowmatch grid, CFG 4.5 by default)
-    # CPU smoke run (tiny models, 2 PPO steps, no device flags): tests/test_epd_ppo.py
+    # SD3-Medium 512² with the rollout and concentration of RLEPD's SD3 512 run (flowmatch grid, CFG 4.5: SD3 defaults)
+    accelerate launch epd_ppo.py --model_id stabilityai/stable-diffusion-3-medium-diffusers --rollout_batch_size 16 \
+        --concentration 10 --prompt_file coco_captions.csv --outdir runs/epd_sd3
+    # CPU smoke run (tiny models: 2 PPO steps, resume, export, sampling; no device flags)
+    python -m pytest tests/test_epd_ppo.py -k end_to_end
 Resumes from `<outdir>/checkpoint.pt` when present. Every step is seeded from (seed, step, image index), never from
 the process rank. A non-finite reward, log-prob or parameter stops the run with one `error:` line and keeps the last
 finite policy as the checkpoint; Ctrl-C or a crash saves the last completed step first. Expected: training HPS ~0.26
@@ -66,6 +74,7 @@ import copy
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -81,14 +90,18 @@ SCHEDULES = ("discrete", "time_uniform", "polynomial", "logsnr", "flowmatch")  #
 FLOW_PIPELINES = {"StableDiffusion3Pipeline": 4.5, "FluxPipeline": 3.5}  # -> default guidance (RLEPD backends)
 VP_PIPELINES = {"StableDiffusionPipeline": 7.5}
 TABLE_SETTINGS = {"num_steps": int, "num_points": int, "schedule": str, "rho": float, "guidance_scale": float}
-# HPSv3 (Ma et al., ICCV 2025) is unbounded; its benchmark's model means run from ~10.6 (Kolors, the top; project
-# page table) down to ~0 for older models. This range maps it to [0, 1] like RLEPD's other metrics: adjust freely.
-HPSV3_RANGE = (-2.0, 14.0)
+# RLEPD's vendored ImageReward (reward_models/imagereward/ImageReward.py) returns the standard score + 3 x 1.03334 (its
+# std) = + 3.1000, and reward_multi (training/ppo/reward_multi.py) divides THAT by 10; score.py returns the standard
+# score, so the offset is added back here: without it every image below the ImageReward mean would map to 0
+IMAGEREWARD_OFFSET = 3 * 1.0333394966054072
+# HPSv3 (Ma et al., ICCV 2025, arXiv 2508.03789) has no RLEPD normalisation: its benchmark's lowest and highest model
+# means (SD2 -0.24, Kolors 10.55) map to 0 and 1. Not clamped: single images of good models score above the top mean
+HPSV3_RANGE = (-0.24, 10.55)
 NORMALISE = {  # RLEPD reward_multi: each metric mapped to ~[0, 1] before weighting
     "hpsv2": lambda s: s.clamp(0, 1), "pickscore": lambda s: (s / 26).clamp(0, 1),
-    "imagereward": lambda s: (s / 10).clamp(0, 1), "clip": lambda s: s.clamp(0, 1),
+    "imagereward": lambda s: ((s + IMAGEREWARD_OFFSET) / 10).clamp(0, 1), "clip": lambda s: s.clamp(0, 1),
     "aesthetic": lambda s: (s / 10).clamp(0, 1),
-    "hpsv3": lambda s: ((s - HPSV3_RANGE[0]) / (HPSV3_RANGE[1] - HPSV3_RANGE[0])).clamp(0, 1),
+    "hpsv3": lambda s: (s - HPSV3_RANGE[0]) / (HPSV3_RANGE[1] - HPSV3_RANGE[0]),
 }  # fmt: skip
 
 
@@ -173,11 +186,10 @@ def sd15_alphas_cumprod():
     return torch.cumprod(1 - betas, 0)
 
 
-def get_sigmas(num_steps, schedule="discrete", sigma_min=None, sigma_max=None, rho=1.0, alphas_cumprod=None):
+def get_sigmas(num_steps, schedule="discrete", rho=1.0, alphas_cumprod=None):
     """Descending noise levels t_0 = sigma_max > ... > t_{N-1} = sigma_min (EDM sigma space, VP models)."""
     vp = VPTime(sd15_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
-    smin = float(vp.sigma(vp.t[0])) if sigma_min is None else sigma_min  # SD1.5: 0.029168
-    smax = float(vp.sigma(1.0)) if sigma_max is None else sigma_max  # SD1.5: 14.6146
+    smin, smax = float(vp.sigma(vp.t[0])), float(vp.sigma(1.0))  # SD1.5: 0.029168, 14.6146
     i = torch.arange(num_steps, dtype=torch.float64) / (num_steps - 1)
     if schedule == "polynomial":
         s = (smax ** (1 / rho) + i * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
@@ -378,25 +390,27 @@ class FlowDenoiser(Denoiser):
     @torch.no_grad()
     def __call__(self, x, t):
         b, reps = x.shape[0], x.shape[0] // len(self.prompts)
-        x_in, t_in = x.to(self.dtype), t.to(self.device, self.dtype)
+        # timesteps as the pipelines pass them: FLUX casts 1000 t to the model dtype, then divides by 1000; SD3 gives
+        # the scheduler's fp32 1000 t (a bf16 t near 1 would be ~2/1000 off)
+        x_in, t_in = x.to(self.dtype), (t * 1000).to(self.device, self.dtype if self.flux else torch.float32)
         if self.flux:
             c, h, w = self.shape
             guidance = (
                 torch.full([b], self.guidance, device=self.device) if self.model.config.guidance_embeds else None
             )
             v = self.model(
-                hidden_states=self.pipe._pack_latents(x_in, b, c, h, w), timestep=t_in, guidance=guidance,
+                hidden_states=self.pipe._pack_latents(x_in, b, c, h, w), timestep=t_in / 1000, guidance=guidance,
                 pooled_projections=self.pooled.repeat_interleave(reps, 0),
                 encoder_hidden_states=self.emb.repeat_interleave(reps, 0), txt_ids=self.text_ids,
                 img_ids=self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype),
                 return_dict=False,
             )[0]  # fmt: skip
             v = self.pipe._unpack_latents(v, *self.hw, self.pipe.vae_scale_factor)
-        else:  # SD3: timestep = 1000 t, CFG batch [uncond, cond] as StableDiffusion3Pipeline
+        else:  # SD3: CFG batch [uncond, cond] as StableDiffusion3Pipeline
             emb, pooled = self.emb.repeat_interleave(reps, 0), self.pooled.repeat_interleave(reps, 0)
             n = 2 if self.cfg else 1
             v = self.model(
-                hidden_states=torch.cat([x_in] * n), timestep=torch.cat([t_in] * n) * 1000,
+                hidden_states=torch.cat([x_in] * n), timestep=torch.cat([t_in] * n),
                 encoder_hidden_states=emb, pooled_projections=pooled, return_dict=False,
             )[0]  # fmt: skip
             if self.cfg:
@@ -569,7 +583,9 @@ class DirichletPolicy(nn.Module):
 
     @staticmethod
     def sample(alpha_pos, alpha_w, n: int, seed: int):
-        """n tables drawn on the CPU from `seed` alone, so every process draws the same ones."""
+        """n tables drawn on the CPU from `seed` alone, so every process draws the same ones. Unlike RLEPD's raw
+        rsample, each draw is clamped at 1e-6 and renormalised: a float32 Dirichlet draw can be exactly 0 at small
+        concentrations (a -inf log-prob; a position of exactly 0 or 1)."""
         D = torch.distributions.Dirichlet
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -725,7 +741,7 @@ def sample(args: ScriptArguments, table, prompts: list[str]):
 ########################
 # PPO (CleanRL order: seeding -> models -> storage -> loop: rollout -> reward -> advantage -> update -> log)
 ########################
-def train(args: ScriptArguments, table, prompts: list[str]):
+def train(args: ScriptArguments, table, prompts: list[str], ckpt: dict | None = None):
     from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed
 
@@ -756,14 +772,13 @@ def train(args: ScriptArguments, table, prompts: list[str]):
     )
     policy, optimizer = accelerator.prepare(policy, optimizer)
     base = accelerator.unwrap_model(policy)
-    base_alphas = (base.base_log_alpha_pos.exp(), base.base_log_alpha_w.exp())
     start = 0
-    if (out / "checkpoint.pt").is_file():  # resume (every process loads the same file)
-        ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    if ckpt is not None:  # resume: validate() read <outdir>/checkpoint.pt (every process the same file)
         base.load_state_dict(ckpt["policy"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["step"])
         accelerator.print(f"resumed from {out / 'checkpoint.pt'} at step {start}")
+    base_alphas = (base.base_log_alpha_pos.exp(), base.base_log_alpha_w.exp())  # the run's cold start (KL term)
 
     # storage
     settings = {k: getattr(args, k) for k in TABLE_SETTINGS}
@@ -782,8 +797,8 @@ def train(args: ScriptArguments, table, prompts: list[str]):
 
     def save(snap: dict):  # main process only, no collectives: safe on an error path
         if main:
-            ckpt = {k: snap[k] for k in ("policy", "optimizer", "step")} | {"settings": settings}
-            torch.save(ckpt, out / "checkpoint.pt")
+            saved = {k: snap[k] for k in ("policy", "optimizer", "step")}
+            torch.save(saved | {"settings": settings | {"hidden_dim": args.hidden_dim}}, out / "checkpoint.pt")
             for name in ("table.json", f"table-step{snap['step']:06d}.json"):
                 save_table(out / name, *snap["table"], step=snap["step"], model_id=args.model_id, **settings)
 
@@ -818,9 +833,8 @@ def train(args: ScriptArguments, table, prompts: list[str]):
                 save(last_good)
     except FloatingPointError as e:  # identical on every process (same global batch), so all stop here together
         save(last_good)
-        print(f"error: {e} at PPO step {step}; stopped. {out / 'checkpoint.pt'} holds step {last_good['step']}, the last "
-              "finite policy (lower --learning_rate, or raise --kl_coef, before resuming)", file=sys.stderr)  # fmt: skip
-        sys.exit(1)
+        fail(f"{e} at PPO step {step}; stopped. {out / 'checkpoint.pt'} holds step {last_good['step']}, the last finite "
+             "policy (lower --learning_rate, or raise --kl_coef, before resuming)", code=1)  # fmt: skip
     except BaseException:  # Ctrl-C or a crash: keep the last completed step
         save(last_good)
         raise
@@ -833,9 +847,10 @@ HELP_GROUPS = {"model_id": "model and solver", "sample": "sampling", "r_base": "
 USAGE = "python epd_ppo.py [PROMPT ...] [--config FILE.yaml] [options]   (PROMPTs or --sample: sampling; otherwise PPO training)"
 
 
-def fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def fail(message: str, code: int = 2):
+    if os.environ.get("RANK", "0") == "0":  # launched processes (torchrun sets RANK): only the main process prints
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)  # every process exits, before any collective
 
 
 def make_parser():
@@ -862,6 +877,12 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, list[str], set[str]]:
     import yaml
 
     parser = make_parser()
+    # a bool flag takes an optional value (HfArgumentParser: nargs="?"), so `--sample "a cat"` would read the prompt
+    # as that value: a bare bool flag followed by a word that is not a bool value gets an explicit `true`
+    bools = {s for a in parser._actions if a.nargs == "?" for s in a.option_strings}
+    words = {"true", "false", "yes", "no", "t", "f", "y", "n", "1", "0"}
+    argv = [w for i, a in enumerate(argv) for w in ((a, "true") if a in bools and i + 1 < len(argv)
+            and argv[i + 1][:1] != "-" and argv[i + 1].lower() not in words else (a,))]  # fmt: skip
     try:
         args, config_rest, rest = parser.parse_args_and_config(argv, True, separate_remaining_strings=True)
         config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) if "--config" in argv else {}
@@ -876,8 +897,10 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, list[str], set[str]]:
 
 
 def validate(args: ScriptArguments, prompts: list[str], explicit: set[str]):
-    """Every check that needs no weights; resolves schedule/guidance and a table's settings. Returns (table, prompts)."""
-    training = not (args.sample or prompts)
+    """Every check that needs no weights; resolves schedule/guidance and a table's settings.
+
+    Returns (table, prompts, the run's checkpoint to resume from or None)."""
+    training, ckpt = not (args.sample or prompts), None
     if args.solver not in SOLVERS:
         raise ValueError(f"unknown solver {args.solver!r}; valid: {', '.join(SOLVERS)}")
     if args.schedule not in ("auto", *SCHEDULES):
@@ -954,11 +977,12 @@ def validate(args: ScriptArguments, prompts: list[str], explicit: set[str]):
         if out.exists() and not out.is_dir():
             raise ValueError(f"--outdir {out} is a file")
         if (out / "checkpoint.pt").is_file():  # resuming: the run's own settings must match
-            saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True).get("settings", {})
-            for key in ("num_steps", "num_points", "schedule", "rho"):
+            ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+            saved = ckpt.get("settings", {})
+            for key in ("num_steps", "num_points", "schedule", "rho", "hidden_dim"):
                 if key in saved and saved[key] != getattr(args, key):
                     raise ValueError(f"{out} was trained with --{key} {saved[key]}, not {getattr(args, key)}: use another --outdir")  # fmt: skip
-    return table, prompts or read_prompts(args.prompt_file)
+    return table, prompts or read_prompts(args.prompt_file), ckpt
 
 
 def main(argv: list[str] | None = None):
@@ -968,10 +992,13 @@ def main(argv: list[str] | None = None):
         return
     args, positional, explicit = parse(argv)
     try:
-        table, prompts = validate(args, positional, explicit)
+        table, prompts, ckpt = validate(args, positional, explicit)
     except (ValueError, OSError, KeyError) as e:
         fail(str(e).replace("\n", " "))
-    (sample if args.sample or positional else train)(args, table, prompts)
+    if args.sample or positional:
+        sample(args, table, prompts)
+    else:
+        train(args, table, prompts, ckpt)
 
 
 if __name__ == "__main__":
