@@ -207,7 +207,9 @@ def activations_dit(hidden, batch, tokens) -> float:
     return 32 * hidden * batch * tokens  # one block's working set; blocks run one after another at inference
 
 
-UNET_PER_IMAGE_512 = 0.35 * GIB  # SD1.5 fp16, SDPA, one UNet row at 512² (estimate)
+# SD1.5 fp16 UNet, one CFG row at 512², flash/SDPA attention: 0.25 GiB per pair of images (two rows each), counted
+# on the meta device by benchmarks/promptist_bench.py --memory; doubled here for allocator and workspace slack
+UNET_PER_ROW_512 = 2 * 0.25 / 4 * GIB
 VAE_PER_MP = 2.0 * GIB  # KL/Qwen-Image VAE decode, per megapixel of output (estimate)
 
 
@@ -288,9 +290,9 @@ def recipe_rows(path: Path, config: str, n: int) -> tuple[list[Row], dict]:
         px = cfg.get("height", 512) * cfg.get("width", 512)
         ib = cfg.get("image_batch_size", 8)
         if "flux" in cfg["sdmodel_name"].lower():
-            render = activations_dit(3072, ib, px / 256 + 512) + VAE_PER_MP * px / 1e6
+            render = activations_dit(3072, ib, px / 256 + 512) + ib * VAE_PER_MP * px / 1e6
         else:
-            render = 2 * ib * UNET_PER_IMAGE_512 * px / 512**2 + VAE_PER_MP * px / 1e6
+            render = 2 * ib * UNET_PER_ROW_512 * px / 512**2 + ib * VAE_PER_MP * px / 1e6
         phases = {
             "generation (KV cache)": activations_llm_generate(arch, b, seq),
             "training step": activations_llm_train(arch, b, seq, comp, ckpt),
@@ -341,6 +343,13 @@ def recipe_rows(path: Path, config: str, n: int) -> tuple[list[Row], dict]:
         else:
             seq = cfg.get("max_length", 1024)
             phases = {"training step": activations_llm_train(arch, b, seq, seq, ckpt)}
+    elif name.startswith("epd_"):  # a few thousand policy parameters; everything else is frozen and under no_grad
+        rows = frozen_rows(PIPELINES[cfg["model_id"]]) + scorer_rows(str(cfg.get("reward", "hpsv2")))
+        px, rb, k = cfg.get("height", 512) * cfg.get("width", 512), cfg.get("rollout_batch_size", 8), cfg["num_points"]
+        phases = {  # the largest UNet call: rollout x K points x 2 CFG rows; then one decode of the whole rollout
+            "rollout (UNet)": 2 * k * rb * UNET_PER_ROW_512 * px / 512**2,
+            "decode (VAE)": rb * VAE_PER_MP * px / 1e6,
+        }
     else:
         raise ValueError(f"{path}: no memory model for this recipe")
     phase, act = max(phases.items(), key=lambda kv: kv[1])
@@ -372,7 +381,14 @@ def report(path: Path, show_all: bool = True) -> tuple[float, float, bool]:
     return total, CARDS[card], total <= 0.9 * CARDS[card]
 
 
-RECIPES = ["r1_sft.yaml", "r1_prompter.yaml", "image_edit_qwen7b.yaml", "video_sft.yaml", "video_rl.yaml"]
+RECIPES = [
+    "r1_sft.yaml",
+    "r1_prompter.yaml",
+    "image_edit_qwen7b.yaml",
+    "video_sft.yaml",
+    "video_rl.yaml",
+    "epd_ppo_sd15.yaml",
+]
 
 
 def markdown(paths: list[Path]) -> str:
