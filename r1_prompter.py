@@ -33,28 +33,39 @@ Differences from the paper / reference code:
    256 completion tokens, beta 0.04) on TRL's current loss (`loss_type` default); upstream vendored trl 0.16. SFT
    follows qwen25-3b-full-sft.yaml (full, lr 1e-5, 1 epoch, cosine, warmup 0.1, 1024 tokens, 4 x 4 per GPU) with TRL's
    SFTTrainer (loss on the completion only, as LLaMA-Factory's default) and without its 10% validation split.
-7. The policy loads in fp32 (bf16 autocast) unless DeepSpeed holds fp32 master weights (then bf16): an Adam step of
-   lr 2e-6 is far below bf16's 2^-8 relative resolution, so pure-bf16 weights would not move.
+7. The policy loads in fp32 (bf16 autocast) unless DeepSpeed holds fp32 master weights or the base is quantized and
+   frozen (QLoRA: bf16 weights and 4-bit compute): an Adam step of lr 2e-6 is far below bf16's 2^-8 relative
+   resolution, so pure-bf16 trained weights would not move.
 
 Usage (run from the repository root). Full runs: 8 x 80 GB GPUs, DeepSpeed ZeRO-2 like upstream's rl_ds2.yaml (per-GPU
-memory: README, computed by benchmarks/memory.py); the launcher's --gradient_accumulation_steps must equal the run's.
-    # 0. cold-start data from any OpenAI-compatible LLM (key from OPENAI_API_KEY); keeps what passes format + length
-    python r1_prompter.py --make_sft_data runs/r1_sft.jsonl --data recipes/r1_prompts.txt --teacher_model gpt-4o
-    # 1. SFT (RePrompt stage 1; recipes/r1_sft.yaml = qwen25-3b-full-sft.yaml)
-    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 --gradient_accumulation_steps 4 \\
-        r1_prompter.py --config recipes/r1_sft.yaml
-    # 2. GRPO from the SFT model (recipes/r1_prompter.yaml = upstream's run); a judge: --judge_model gpt-4o
-    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 --gradient_accumulation_steps 2 \\
+memory: README, computed by benchmarks/memory.py). recipes/r1_prompts.txt is a 40-prompt demo set; the recipes read
+RePrompt's 1,108 training prompts, fetched once:
+    curl -L --create-dirs -o data/generation_prompts_1k_filterd.txt \\
+        https://raw.githubusercontent.com/microsoft/DKI_LLM/2922f37614eddd31a895797149aaa73fd31e937e/RePrompt/data/generation_prompts_1k_filterd.txt
+    # 0. cold-start data from any OpenAI-compatible LLM (key from OPENAI_API_KEY), 8 samples per prompt (<= 8,864
+    #    records; upstream ~8k); keeps what passes format + length, appending each record as it arrives
+    python r1_prompter.py --make_sft_data runs/r1_sft.jsonl --data data/generation_prompts_1k_filterd.txt \\
+        --teacher_model gpt-4o --teacher_samples 8
+    # 1. SFT (RePrompt stage 1; recipes/r1_sft.yaml = qwen25-3b-full-sft.yaml): <= 8,864 records, <= 70 steps
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 r1_prompter.py --config recipes/r1_sft.yaml
+    # 2. GRPO from the SFT model (recipes/r1_prompter.yaml = upstream's run: 34 steps per epoch, 102 in all); a judge:
+    #    --judge_model gpt-4o
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 \\
         r1_prompter.py --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft
     #    with vLLM generation (optional: pip install vllm; TRL supports 0.22-0.31) on the training GPUs: append
-    #    --use_vllm true --vllm_mode colocate ; or serve the policy on GPU 0 and train on GPUs 1-7:
+    #    --use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.15 (computed: the recipe needs 54.9 GiB
+    #    per GPU, so TRL's default 0.3 x 79.6 = 23.9 GiB makes 78.8 > 71.6 GiB = 90 %; 0.15 -> 11.9 GiB, 66.8 GiB in
+    #    all, of which Qwen2.5-3B's bf16 weights take 5.7 and its KV cache 36 KiB per token); or serve the policy on
+    #    GPU 0 and train on GPUs 1-7:
     CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model runs/r1_sft
     CUDA_VISIBLE_DEVICES=1,2,3,4,5,6,7 accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 7 \\
-        --gradient_accumulation_steps 2 r1_prompter.py --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft \\
-        --use_vllm true --vllm_mode server
-    # inference (laptop or CPU, no accelerate): the reasoning, then one final prompt per line; several PNGs: out_i.png
-    python r1_prompter.py "a red cube on top of a blue sphere" --gpt_path runs/r1 --generate_image out.png
-    # evaluation: original vs reprompted images with the same seeds, scored with score.py
+        r1_prompter.py --config recipes/r1_prompter.yaml --gpt_path runs/r1_sft --use_vllm true --vllm_mode server
+    # inference on a laptop or CPU (no accelerate): the reasoning, then one final prompt per line; several PNGs: out_i.png.
+    # SD1.5 (1.07 B parameters: 2.0 GiB in bf16 on CUDA / MPS, 4.0 GiB fp32 on a CPU); the default FLUX.1-dev has 16.9 B
+    # (31.4 GiB bf16, 62.8 GiB fp32; computed from benchmarks/memory.py's counts), Qwen2.5-3B 5.7 / 11.5 GiB
+    python r1_prompter.py "a red cube on top of a blue sphere" --gpt_path runs/r1 \\
+        --sdmodel_name stable-diffusion-v1-5/stable-diffusion-v1-5 --generate_image out.png
+    # evaluation: original vs reprompted images with the same seeds, scored with score.py (eval.json grows per prompt)
     python r1_prompter.py --eval_prompts recipes/r1_prompts.txt --gpt_path runs/r1 --outdir runs/r1_eval --n_images 4
     # CPU smoke run (2 steps, 64 px; no device flags: without CUDA the script picks the CPU and fp32 itself)
     accelerate launch --cpu --num_processes 1 r1_prompter.py --config recipes/r1_prompter_smoke.yaml \\
@@ -71,6 +82,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -134,6 +146,7 @@ class ScriptArguments:
     make_sft_data: str | None = field(default=None, metadata={"help": "Write teacher SFT data to this .jsonl; exit."})
     teacher_model: str | None = field(default=None, metadata={"help": "Teacher LLM for --make_sft_data."})
     teacher_base_url: str | None = field(default=None, metadata={"help": "Teacher's OpenAI-compatible URL."})
+    teacher_samples: int = field(default=8, metadata={"help": "Teacher calls per prompt (upstream ~8k for 1,108)."})
     # inference and evaluation
     eval_prompts: str | None = field(default=None, metadata={"help": "Evaluate: original vs reprompted prompts."})
     n_images: int = field(default=4, metadata={"help": "Evaluation images per prompt (same seeds for both; >= 1)."})
@@ -142,9 +155,14 @@ class ScriptArguments:
     image_seed: int = field(default=42, metadata={"help": "Inference/evaluation seed (eval image i: image_seed + i)."})
 
 
+def is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # launched processes (torchrun sets RANK): only rank 0 prints
+
+
 def fail(msg: str):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    if is_main():
+        print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)  # every rank exits, before any collective
 
 
 def build_messages(prompt: str) -> list[dict]:
@@ -216,10 +234,9 @@ def render(pipe, prompts: list[str], seeds: list[int], args: ScriptArguments) ->
 
     tok, limit = text_limit(pipe) or (None, 0)
     if tok is not None and not render.warned and any(len(tok(p)["input_ids"]) > limit for p in prompts):
-        print(
-            f"warning: a prompt exceeds the text encoder's {limit} tokens; the pipeline truncates it", file=sys.stderr
-        )
-        render.warned = True  # once per process
+        if is_main():
+            print(f"warning: a prompt exceeds the text encoder's {limit} tokens; the pipeline truncates it", file=sys.stderr)  # fmt: skip
+        render.warned = True  # once
     images = []
     for i in range(0, len(prompts), args.image_batch_size):
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[i : i + args.image_batch_size]]
@@ -377,6 +394,16 @@ def get_judge_reward(args: ScriptArguments, cache: dict, num_generations: int):
 ########################
 # Plumbing: data, checks that need no weights, loading
 ########################
+def json_record(text: str, pos: int) -> int:
+    """1-based record (element of the top-level list, or of {"prompt": [...]}) that text[pos] lies in."""
+    head = re.sub(r'"(?:[^"\\]|\\.)*"?', '""', text[:pos])  # strings emptied: they may hold , [ ] { }
+    depth, record, top = 0, 1, 1 if head.lstrip().startswith("[") else 2
+    for ch in head:
+        depth += (ch in "[{") - (ch in "]}")
+        record += ch == "," and depth == top
+    return record
+
+
 def read_records(path: str) -> list:
     """Rows of a .txt (lines), .json (a list, or {"prompt": [...]}) or .jsonl (None for blank lines) file."""
     p = Path(path)
@@ -392,8 +419,8 @@ def read_records(path: str) -> list:
         else:
             return text.splitlines()
     except json.JSONDecodeError as e:
-        where = f"record {n}" if p.suffix == ".jsonl" else f"line {e.lineno} column {e.colno}"
-        raise ValueError(f"{path}: {where}: invalid JSON ({e.msg})") from None
+        n = n if p.suffix == ".jsonl" else f"{json_record(text, e.pos)} (line {e.lineno} column {e.colno})"
+        raise ValueError(f"{path}: record {n}: invalid JSON ({e.msg})") from None
     rows = rows["prompt"] if isinstance(rows, dict) and isinstance(rows.get("prompt"), list) else rows
     if not isinstance(rows, list):
         raise ValueError(f'{path}: expected a JSON list of records or {{"prompt": [...]}}')
@@ -459,7 +486,7 @@ def check_text2image(name: str):
 def check_args(args: ScriptArguments, mode: str):
     """Every check that needs no weights; mode: grpo, sft, make_sft_data, eval or infer. Raises ValueError."""
     lows = dict(image_batch_size=1, num_inference_steps=1, height=8, width=8, min_words=1, n_images=1,
-                max_new_tokens=1, judge_retries=0, log_images_every=0)  # fmt: skip
+                max_new_tokens=1, judge_retries=0, log_images_every=0, teacher_samples=1)  # fmt: skip
     for name, low in lows.items():
         if getattr(args, name) < low:
             raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
@@ -471,10 +498,15 @@ def check_args(args: ScriptArguments, mode: str):
         if not args.gpt_path:
             raise ValueError("give the policy / reprompter with --gpt_path")
         check_model_path(args.gpt_path, "--gpt_path")
+        adapter = Path(args.gpt_path).expanduser() / "adapter_config.json"
+        if mode in ("grpo", "sft") and adapter.is_file() and not adapter.with_name("config.json").is_file():
+            raise ValueError(f"--gpt_path {args.gpt_path} is a LoRA adapter: merge it first (peft merge_and_unload)")
     if mode in ("grpo", "sft", "make_sft_data") and not args.data:
         raise ValueError("give the data with --data")
     if mode == "make_sft_data" and not args.teacher_model:
         raise ValueError("--make_sft_data needs --teacher_model")
+    if mode == "make_sft_data" and Path(args.make_sft_data).exists():  # records are appended as the teacher answers
+        raise ValueError(f"--make_sft_data {args.make_sft_data} exists: choose a new file")
     if mode in ("grpo", "eval"):
         import score
 
@@ -485,6 +517,20 @@ def check_args(args: ScriptArguments, mode: str):
         check_text2image(args.sdmodel_name)
 
 
+def optimizer_steps(rows: int, ta, sft: bool) -> int:
+    """The run's optimizer steps as transformers' Trainer counts them (set_initial_training_values) on TRL's loaders:
+    SFT batches every record; GRPO's RepeatSampler keeps only whole generation batches of generation_batch_size / g
+    prompts, each read in steps_per_generation x num_iterations micro-batches."""
+    if sft:
+        batches = math.ceil(rows / (ta.per_device_train_batch_size * ta.world_size))
+    else:  # whole generation batches only
+        batches = rows // (ta.generation_batch_size // ta.num_generations)
+        batches *= ta.steps_per_generation * ta.num_iterations
+    if ta.max_steps > 0 and batches:
+        return ta.max_steps
+    return math.ceil(ta.num_train_epochs * math.ceil(batches / ta.gradient_accumulation_steps))
+
+
 def model_init_kwargs(model_args, training_args) -> dict:
     """ModelConfig -> from_pretrained kwargs (TRL passes these to the policy and the reference model). trl 1.16 has no
     get_kbit_device_map: TRL picks the device map itself ("auto" on one GPU, the rank's GPU when distributed)."""
@@ -492,7 +538,8 @@ def model_init_kwargs(model_args, training_args) -> dict:
 
     if model_args.dtype is None:  # see docstring item 7; DeepSpeed keeps fp32 master weights and optimizer state
         deepspeed = training_args.distributed_state.distributed_type == "DEEPSPEED"
-        model_args.dtype = "bfloat16" if deepspeed and training_args.bf16 else "float32"
+        frozen = model_args.load_in_4bit or model_args.load_in_8bit  # also get_quantization_config's compute dtype
+        model_args.dtype = "bfloat16" if training_args.bf16 and (deepspeed or frozen) else "float32"
     kwargs = dict(revision=model_args.model_revision, attn_implementation=model_args.attn_implementation,
                   dtype=model_args.dtype, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
     if (quant := get_quantization_config(model_args)) is not None:
@@ -504,7 +551,7 @@ def load_pipeline(args: ScriptArguments, device):
     import torch
     from diffusers import DiffusionPipeline
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32  # MPS bf16: macOS 14+
     pipe = DiffusionPipeline.from_pretrained(args.sdmodel_name, dtype=dtype)  # `dtype=`: diffusers >= 0.40
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
@@ -546,42 +593,43 @@ def load_llm(path: str, device):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     return model, AutoTokenizer.from_pretrained(path)
 
 
 def make_sft_data(args: ScriptArguments):
-    """RePrompt's SFT data (its GPT-4 set is not public): the teacher answers each --data prompt in the policy's own
-    chat format; only answers that pass the format and length rewards are written."""
+    """RePrompt's SFT data (its GPT-4 set is not public): the teacher answers each --data prompt --teacher_samples
+    times in the policy's own chat format; an answer that passes the format and length rewards is appended (and
+    flushed) as it arrives, so an interrupted run keeps every record it paid for."""
     from openai import AsyncOpenAI
 
     prompts = read_prompts(args.data)
     note = TEACHER_NOTE.format(args.min_words, args.max_words)
     messages = lambda p: [{**build_messages(p)[0], "content": SYSTEM_PROMPT + note}, build_messages(p)[1]]  # noqa: E731
+    length, counts = get_length_reward(args.min_words, args.max_words), dict(kept=0, failed=0, malformed=0, length=0)
+    out = Path(args.make_sft_data)
+    out.parent.mkdir(parents=True, exist_ok=True)
 
-    async def run():
+    async def run(f):
         limit = asyncio.Semaphore(16)  # concurrent requests
 
         async def one(client, p):
             async with limit:
-                request = dict(model=args.teacher_model, messages=messages(p))
-                return await ask(client, request, str.strip, args.judge_retries, "teacher")
+                r = await ask(client, dict(model=args.teacher_model, messages=messages(p)), str.strip, args.judge_retries, "teacher")  # fmt: skip
+            kind = "failed" if r is None else "malformed" if not parse_completion(r) else "length" if length([r]) != [1.0] else "kept"  # fmt: skip
+            counts[kind] += 1
+            if kind == "kept":
+                f.write(json.dumps({"prompt": p, "completion": r}) + "\n")
+                f.flush()
 
         async with AsyncOpenAI(base_url=args.teacher_base_url, max_retries=0, timeout=args.judge_timeout) as client:
-            return await asyncio.gather(*(one(client, p) for p in prompts))
+            await asyncio.gather(*(one(client, p) for p in prompts for _ in range(args.teacher_samples)))
 
-    replies = asyncio.run(run())
-    length = get_length_reward(args.min_words, args.max_words)
-    kept = [
-        {"prompt": p, "completion": r} for p, r in zip(prompts, replies, strict=True) if r and length([r]) == [1.0]
-    ]
-    failed, malformed = replies.count(None), sum(r is not None and parse_completion(r) is None for r in replies)
-    out = Path(args.make_sft_data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    print(f"kept {len(kept)} of {len(prompts)} ({failed} calls failed, {malformed} malformed, "
-          f"{len(prompts) - failed - malformed - len(kept)} outside {args.min_words}-{args.max_words} words) -> {out}")  # fmt: skip
+    with open(out, "x", encoding="utf-8") as f:  # before any call: a bad path costs nothing
+        asyncio.run(run(f))
+    print(f"kept {counts['kept']} of {sum(counts.values())} ({counts['failed']} calls failed, {counts['malformed']} malformed, "
+          f"{counts['length']} outside {args.min_words}-{args.max_words} words) -> {out}")  # fmt: skip
 
 
 ########################
@@ -604,6 +652,11 @@ def train(script_args: ScriptArguments, training_args, model_args):
         if getattr(training_args, "use_vllm", False) and not importlib.util.find_spec("vllm"):
             raise ValueError("--use_vllm needs vLLM (optional): pip install vllm (TRL supports 0.22-0.31)")
         data = read_sft_records(script_args.data, script_args) if sft else read_prompts(script_args.data)
+        steps = optimizer_steps(len(data), training_args, sft)
+        if steps <= (warm := training_args.get_warmup_steps(steps)):  # e.g. 1 step with warmup: it runs at lr 0
+            raise ValueError(f"{len(data)} {'records' if sft else 'prompts'} make {steps} optimizer step(s), {warm} of "
+                             "them warmup, none at the full learning rate: add data (--teacher_samples), lower the "
+                             "batch or --warmup_steps")  # fmt: skip
     except (ValueError, OSError, KeyError) as e:
         fail(str(e).splitlines()[0])
     if (note := device_defaults()[1]) and PartialState().is_main_process:
@@ -652,7 +705,7 @@ def train(script_args: ScriptArguments, training_args, model_args):
         n = trainer.accelerator.num_processes
         per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * n
         what = f"{len(data)} SFT records; {per_step}" if sft else f"{len(data)} prompts; {per_step} completions = {per_step // g} prompts x {g}"  # fmt: skip
-        print(f"{what} per optimizer step on {n} process(es); policy dtype {model_args.dtype}")
+        print(f"{what} per optimizer step on {n} process(es), {steps} steps; policy dtype {model_args.dtype}")
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     except KeyboardInterrupt:  # keep what was learned: save before exiting
@@ -694,6 +747,8 @@ def evaluate(args: ScriptArguments):
 
     device = pick_device()
     prompts = read_prompts(args.eval_prompts)
+    out_dir = Path(args.outdir or "r1_eval")
+    out_dir.mkdir(parents=True, exist_ok=True)  # before loading: a file in the way fails in one line
     model, tokenizer = load_llm(args.gpt_path, device)
     completions = reprompt(model, tokenizer, prompts, args.max_new_tokens)
     finals = [extract_answer(c) or p for p, c in zip(prompts, completions, strict=True)]
@@ -701,7 +756,6 @@ def evaluate(args: ScriptArguments):
     pipe = load_pipeline(args, device)
     scorer = score.MultiScorer(score.parse_metric_weights(args.image_metrics), device=device)
     seeds, n = [args.image_seed + i for i in range(args.n_images)], args.n_images
-    out_dir = Path(args.outdir or "r1_eval")
     records, rows, captions = [], [], []
     for p, f in zip(prompts, finals, strict=True):
         images = render(pipe, [p] * n + [f] * n, seeds + seeds, args)
@@ -710,12 +764,11 @@ def evaluate(args: ScriptArguments):
                         "original": {m: v[:n] for m, v in details.items()}, "reprompted": {m: v[n:] for m, v in details.items()}})  # fmt: skip
         rows.append(images)
         captions.append([f"original: {p}"] * n + [f"reprompted: {f}"] * n)
-    means = {
-        m: {k: sum(sum(r[k][m]) for r in records) / (len(records) * n) for k in ("original", "reprompted")}
-        for m in records[0]["original"]
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps({"means": means, "prompts": records}, indent=2))
+        means = {  # eval.json after every prompt: an interrupted evaluation keeps what it rendered
+            m: {k: sum(sum(r[k][m]) for r in records) / (len(records) * n) for k in ("original", "reprompted")}
+            for m in records[0]["original"]
+        }
+        (out_dir / "eval.json").write_text(json.dumps({"means": means, "prompts": records}, indent=2))
     save_grid(out_dir / "eval_grid.png", rows, captions)
     print(f"{'metric':<12} {'original':>10} {'reprompted':>11} {'delta':>8}")
     for m, v in means.items():
@@ -777,17 +830,33 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     peek = argparse.ArgumentParser(add_help=False)
+    peek.error = fail
     for flag in ("--stage", "--config", "--eval_prompts", "--make_sft_data"):
         peek.add_argument(flag)
     known = peek.parse_known_args(argv)[0]
     stage = known.stage
-    if stage is None and known.config and Path(known.config).is_file():  # the stage picks the config class
+    if known.config:  # read here first: the stage picks the config class, and a YAML error is one line
         import yaml
 
-        stage = (yaml.safe_load(Path(known.config).read_text()) or {}).get("stage")
+        try:
+            config = yaml.safe_load(Path(known.config).read_text())
+        except yaml.MarkedYAMLError as e:
+            fail(f"--config {known.config}, line {e.problem_mark.line + 1}: invalid YAML: {e.problem}")
+        except (OSError, yaml.YAMLError) as e:
+            fail(f"--config {known.config}: {' '.join(str(e).split())}")
+        if not isinstance(config, dict):
+            fail(f"--config {known.config}: expected a mapping of option: value")
+        stage = stage or config.get("stage")
     if (stage or "grpo") not in STAGE_DEFAULTS:
         fail(f"unknown --stage {stage!r}: grpo or sft")
     parser = make_parser(SFTConfig if stage == "sft" else GRPOConfig)
+    # a bool flag takes an optional value (nargs="?"), so `--pipeline_cpu_offload "a cat"` would read the prompt as
+    # that value: give it `true`
+    flags = {s for a in parser._actions if a.nargs == "?" for s in a.option_strings}
+    words = {"true", "false", "yes", "no", "t", "f", "y", "n", "1", "0"}
+    explicit = [a in flags and i + 1 < len(argv) and argv[i + 1][:1] != "-" and argv[i + 1].lower() not in words
+                for i, a in enumerate(argv)]  # fmt: skip
+    argv = [w for a, e in zip(argv, explicit, strict=True) for w in ((a, "true") if e else (a,))]
     # argparse knows every option here, so an option's value is never taken for a prompt; builds no dataclass
     stripped = [a for i, a in enumerate(argv) if not (a == "--config" or a.startswith("--config=") or (i and argv[i - 1] == "--config"))]  # fmt: skip
     rest = parser.parse_known_args(stripped)[1]

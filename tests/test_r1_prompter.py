@@ -89,7 +89,8 @@ def test_read_prompts_shapes(tmp_path):
         ("bad.json", json.dumps({"prompts": ["a"]}), 'expected a JSON list of records or {"prompt": [...]}'),
         ("bad.jsonl", '{"prompt": "a"}\n{"prompt": ["b"]}\n', "bad.jsonl: record 2: expected a string prompt"),
         ("bad.jsonl", '{"prompt": "a"}\n\n{"prompt": \n', "bad.jsonl: record 3: invalid JSON"),
-        ("bad.json", '[\n "a",\n ]', "bad.json: line 3 column 2: invalid JSON"),
+        ("bad.json", '[\n "a",\n ]', "bad.json: record 2 (line 3 column 2): invalid JSON"),
+        ("bad.json", '{"prompt": ["a, [b", "c\\", {d", "e" "f"]}', "bad.json: record 3 (line 1 column 37): invalid"),
     ],
 )
 def test_read_prompts_refuses_in_one_line(name, content, message, tmp_path):
@@ -156,7 +157,7 @@ def test_long_prompt_warning_uses_the_encoder_that_truncates(tiny_sd15, tiny_flu
     r1.render.warned = False
 
 
-def test_long_prompt_warns_once(capsys):
+def test_long_prompt_warns_once_on_the_main_process(capsys, monkeypatch):
     class Tok:
         model_max_length = 5
 
@@ -173,6 +174,10 @@ def test_long_prompt_warns_once(capsys):
     assert (
         err.count("exceeds the text encoder's 5 tokens") == 1 and pipe.calls[0][0][0] == "one two three four five six"
     )
+    r1.render.warned = False
+    monkeypatch.setenv("RANK", "1")  # under a launcher only rank 0 prints
+    r1.render(pipe, ["one two three four five six"], [1], args)
+    assert capsys.readouterr().err == ""
     r1.render.warned = False
 
 
@@ -276,8 +281,9 @@ class Stop(Exception):
         ("grpo", ["--attn_implementation", "eager", "--model_revision", "v1.0", "--trust_remote_code", "true",
                   "--load_in_4bit", "true", "--use_peft", "true", "--dtype", "bfloat16"],
          dict(attn_implementation="eager", revision="v1.0", trust_remote_code=True, dtype=torch.bfloat16, quant="4bit")),
-        ("sft", ["--load_in_8bit", "true", "--use_peft", "true", "--attn_implementation", "sdpa"],
-         dict(attn_implementation="sdpa", revision="main", trust_remote_code=False, dtype=torch.float32, quant="8bit")),
+        ("sft", ["--load_in_8bit", "true", "--use_peft", "true", "--attn_implementation", "sdpa", "--bf16", "true",
+                 "--warmup_steps", "0"],  # a quantized, frozen base in bf16 with bf16 training (was fp32)
+         dict(attn_implementation="sdpa", revision="main", trust_remote_code=False, dtype=torch.bfloat16, quant="8bit")),
     ],
 )  # fmt: skip
 def test_model_flags_reach_from_pretrained(
@@ -316,13 +322,20 @@ def test_model_flags_reach_from_pretrained(
     }
 
 
-def test_policy_dtype_bf16_only_where_deepspeed_keeps_fp32_master_weights():
+def test_policy_dtype_bf16_only_where_no_trained_weight_is_bf16():
+    """bf16 weights under DeepSpeed (fp32 master copy) or for a quantized frozen base (QLoRA: bnb compute dtype bf16,
+    was fp32); fp32 otherwise."""
     from trl import ModelConfig
 
-    for kind, bf16, dtype in (("DEEPSPEED", True, "bfloat16"), ("MULTI_GPU", True, "float32"), ("DEEPSPEED", False, "float32")):  # fmt: skip
+    cases = [("DEEPSPEED", True, False, "bfloat16"), ("MULTI_GPU", True, False, "float32"),
+             ("DEEPSPEED", False, False, "float32"), ("MULTI_GPU", True, True, "bfloat16"), ("NO", False, True, "float32")]  # fmt: skip
+    for kind, bf16, four_bit, dtype in cases:
         ta = type("TA", (), dict(bf16=bf16, trust_remote_code=False, model_init_kwargs=None,
                                  distributed_state=type("S", (), {"distributed_type": kind})()))()  # fmt: skip
-        assert r1.model_init_kwargs(ModelConfig(dtype=None), ta)["dtype"] == dtype
+        kwargs = r1.model_init_kwargs(ModelConfig(dtype=None, load_in_4bit=four_bit, use_peft=four_bit), ta)
+        assert kwargs["dtype"] == dtype
+        if four_bit:
+            assert kwargs["quantization_config"].bnb_4bit_compute_dtype == getattr(torch, dtype)
 
 
 @pytest.mark.parametrize(
@@ -376,8 +389,9 @@ def completion_nll(model_dir: str, records: list[dict]) -> float:
 
 @pytest.fixture(scope="module")
 def sft_chain(tiny_qwen2, _openai_server_session, tmp_path_factory):
-    """--make_sft_data against the loopback teacher (12 calls: 1 fails, 1 malformed, 1 too short, 9 kept, three
-    colours), then --stage sft on what was kept (in process; tiny, so lr 5e-3 for 80 steps instead of 1e-5 x 1 epoch)."""
+    """--make_sft_data against the loopback teacher (4 prompts x 3 samples = 12 calls: 1 fails, 1 malformed, 1 too
+    short, 9 kept, three colours), then --stage sft on what was kept (in process; tiny, so lr 5e-3 for 80 epochs of one
+    step instead of 1e-5 x 1 epoch)."""
     server, tmp = _openai_server_session, tmp_path_factory.mktemp("sft_chain")
     server.reset()
     counter = itertools.count()
@@ -394,7 +408,7 @@ def sft_chain(tiny_qwen2, _openai_server_session, tmp_path_factory):
 
     server.chat_handler = teacher
     server.fail_next(1, "500")
-    (tmp / "prompts.txt").write_text(f"{CUBE}\n" * 12)
+    (tmp / "prompts.txt").write_text(f"{CUBE}\n" * 4)
     env = {"OPENAI_API_KEY": "test"}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -405,32 +419,33 @@ def sft_chain(tiny_qwen2, _openai_server_session, tmp_path_factory):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             r1.main(["--make_sft_data", str(tmp / "sft.jsonl"), "--data", str(tmp / "prompts.txt"), "--teacher_model", "t",
-                     "--teacher_base_url", server.base_url, "--judge_retries", "0"])  # fmt: skip
+                     "--teacher_base_url", server.base_url, "--judge_retries", "0", "--teacher_samples", "3"])  # fmt: skip
         requests = list(server.requests)
         server.reset()
         import trl
 
         trainers, original = [], trl.SFTTrainer.train
         mp.setattr(trl.SFTTrainer, "train", lambda self, **kw: trainers.append(self) or original(self, **kw))
-        r1.main(["--stage", "sft", "--gpt_path", tiny_qwen2, "--data", str(tmp / "sft.jsonl"), "--outdir", str(tmp / "sft"),
-                 "--max_steps", "80", "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
-                 "--per_device_train_batch_size", "9", "--gradient_accumulation_steps", "1", "--report_to", "none",
-                 "--save_strategy", "no", "--gradient_checkpointing", "false"])  # fmt: skip
+        with contextlib.redirect_stdout(out):
+            r1.main(["--stage", "sft", "--gpt_path", tiny_qwen2, "--data", str(tmp / "sft.jsonl"), "--outdir", str(tmp / "sft"),
+                     "--num_train_epochs", "80", "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--warmup_steps",
+                     "0", "--per_device_train_batch_size", "9", "--gradient_accumulation_steps", "1", "--report_to", "none",
+                     "--save_strategy", "no", "--gradient_checkpointing", "false"])  # fmt: skip
     row = trainers[0].train_dataset[0]
     tok = trainers[0].processing_class
     trained = tok.decode([label for label in row["labels"] if label != -100])  # the tokens the loss sees
     return dict(dir=tmp, report=out.getvalue(), requests=requests, model=str(tmp / "sft"), trained=trained,
-                completion_only=trainers[0].args.completion_only_loss)  # fmt: skip
+                completion_only=trainers[0].args.completion_only_loss, max_steps=trainers[0].state.max_steps)  # fmt: skip
 
 
 def test_sft_chain_data_loss_inference(sft_chain, tiny_qwen2, capsys):
+    report = sft_chain["report"]
     assert (
-        sft_chain["report"]
-        .strip()
-        .endswith(
-            f"kept 9 of 12 (1 calls failed, 1 malformed, 1 outside 16-76 words) -> {sft_chain['dir'] / 'sft.jsonl'}"
-        )
+        f"kept 9 of 12 (1 calls failed, 1 malformed, 1 outside 16-76 words) -> {sft_chain['dir'] / 'sft.jsonl'}"
+        in report
     )
+    # the step count the script checks before loading is the Trainer's: 9 records in one batch x 80 epochs
+    assert sft_chain["max_steps"] == 80 and "on 1 process(es), 80 steps" in report
     teacher_msgs = sft_chain["requests"][0][2]["messages"]
     assert teacher_msgs[0]["content"].startswith(r1.SYSTEM_PROMPT) and teacher_msgs[1] == {
         "role": "user",
@@ -451,6 +466,44 @@ def test_sft_chain_data_loss_inference(sft_chain, tiny_qwen2, capsys):
     assert lines[-1] in {r1.extract_answer(TEACHER.format(c)) for c in ("red", "purple", "yellow")}
 
 
+def test_make_sft_data_keeps_each_record_as_it_arrives(openai_server, monkeypatch, tmp_path):
+    """Ctrl-C after the 4th teacher reply: the 3 records kept before it are on disk (were written only at the end)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    openai_server.chat_handler = lambda body: TEACHER.format("red")
+    real, replies = r1.ask, itertools.count(1)
+
+    async def ask(*args, **kwargs):
+        reply = await real(*args, **kwargs)
+        if next(replies) == 4:
+            raise KeyboardInterrupt
+        return reply
+
+    monkeypatch.setattr(r1, "ask", ask)
+    (tmp_path / "p.txt").write_text(f"{CUBE}\ntwo dogs\n")
+    with pytest.raises(KeyboardInterrupt):
+        r1.main(["--make_sft_data", str(tmp_path / "sft.jsonl"), "--data", str(tmp_path / "p.txt"), "--teacher_model", "t",
+                 "--teacher_base_url", openai_server.base_url, "--teacher_samples", "4"])  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and {r["completion"] for r in records} == {TEACHER.format("red")}
+
+
+def test_optimizer_steps_as_the_trainer_counts():
+    """By hand, from transformers' Trainer.set_initial_training_values and TRL's RepeatSampler: SFT recipe on 8 GPUs
+    (4 x 4 per GPU = 128 records per step, warmup 0.1), GRPO recipe (8 x 8 x 2 = 128 completions = 32 prompts)."""
+    from types import SimpleNamespace
+
+    sft = SimpleNamespace(per_device_train_batch_size=4, world_size=8, gradient_accumulation_steps=4, max_steps=-1,
+                          num_train_epochs=1)  # fmt: skip
+    grpo = SimpleNamespace(generation_batch_size=128, num_generations=4, steps_per_generation=2, num_iterations=1,
+                           gradient_accumulation_steps=2, max_steps=-1, num_train_epochs=3)  # fmt: skip
+    # 8,864 records: ceil(8864 / 32) = 277 batches, ceil(277 / 4) = 70 steps; 40 records: 2 batches, 1 step
+    assert [r1.optimizer_steps(n, sft, True) for n in (8864, 320, 40)] == [70, 3, 1]
+    # 1,108 prompts: 34 whole batches of 32 -> 102 steps in 3 epochs; the 40-prompt demo set: 3; fewer than 32: none
+    assert [r1.optimizer_steps(n, grpo, False) for n in (1108, 40, 31)] == [102, 3, 0]
+    grpo.max_steps = 5
+    assert [r1.optimizer_steps(n, grpo, False) for n in (40, 31)] == [5, 0]
+
+
 def test_grpo_image_reward_alone_separates_a_group(sft_chain, tiny_sd15, tiny_scorers, monkeypatch, tmp_path):
     """From the SFT model, completions differ only in the colour they write: format and length are equal in a group,
     so the tiny SD1.5 + tiny CLIP image reward (a score that depends on the rendered prompt) alone sets the advantages."""
@@ -469,15 +522,9 @@ def test_grpo_image_reward_alone_separates_a_group(sft_chain, tiny_sd15, tiny_sc
     )
     adv = torch.tensor(list(logs["advantages"]))
     assert torch.allclose(adv, trl_advantages(fmt + length + image, 4), atol=1e-5)
-    separated = 0
-    for g in range(2):
-        s = slice(4 * g, 4 * g + 4)
-        if fmt[s].unique().numel() == length[s].unique().numel() == 1 and image[s].max() - image[s].min() > 1e-5:
-            separated += 1  # the advantage ordering is the image reward ordering (beyond batch-noise ties)
-            for i, j in itertools.combinations(range(4 * g, 4 * g + 4), 2):
-                if abs(image[i] - image[j]) > 1e-6:
-                    assert (adv[i] > adv[j]) == (image[i] > image[j])
-    assert separated >= 1
+    groups = [slice(4 * g, 4 * g + 4) for g in range(2)]
+    separated = [s for s in groups if fmt[s].unique().numel() == length[s].unique().numel() == 1]
+    assert any(image[s].max() - image[s].min() > 1e-5 for s in separated)  # the image reward alone sets them
 
 
 ########################
@@ -519,13 +566,14 @@ def test_grpo_flux_cpu_smoke_no_device_flags(tiny_qwen2, tiny_flux, tiny_scorers
 
 
 def test_two_processes_and_resume(tiny_qwen2, tiny_sd15, tiny_scorers, openai_server, tmp_path):
-    """2 gloo ranks x 2 completions: one group of 4 spans both ranks at every step."""
+    """2 gloo ranks x 2 completions: one group of 4 spans both ranks at every step. A constant learning rate: a linear
+    schedule ends at 0 after step 2, and the resumed step 3 would run at the checkpoint's lr 0 and change nothing."""
     cycling_judge(openai_server)
     openai_server.fail_next(2, "500")  # two of step 1's four judge calls fail, whichever rank sent them
     out, env = tmp_path / "run", {**tiny_scorers.env, "OPENAI_API_KEY": "test"}
     args = ["--gpt_path", tiny_qwen2, *train_args(tiny_sd15, out), "--per_device_train_batch_size", "2", "--image_metrics",
             "clip", "--judge_model", "j", "--judge_base_url", openai_server.base_url, "--judge_retries", "0",
-            "--save_strategy", "steps", "--save_steps", "2"]  # fmt: skip
+            "--save_strategy", "steps", "--save_steps", "2", "--lr_scheduler_type", "constant"]  # fmt: skip
     res = run_command(launch("r1_prompter.py", *args, num_processes=2), env=env)
     assert "2 process(es)" in res.stdout and res.stderr.count("note: no CUDA device") == 1
     logs = loss_logs(res.stdout)
@@ -547,7 +595,7 @@ def test_two_processes_and_resume(tiny_qwen2, tiny_sd15, tiny_scorers, openai_se
     res = run_command(launch("r1_prompter.py", *args, "--max_steps", "3", "--resume_from_checkpoint", str(out / "checkpoint-2"), num_processes=2), env=env)  # fmt: skip
     rows = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0] * 4 + [1] * 4 + [2] * 4 and len(loss_logs(res.stdout)) == 1
-    assert_trained(tiny_qwen2, out)
+    assert_trained(str(out / "checkpoint-2"), out)  # step 3 moved the weights the first run saved
 
 
 ########################
@@ -558,9 +606,10 @@ def test_inference_prompts_anywhere_each_rendered(tiny_qwen2, tiny_sd15, tmp_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     png, prompts = tmp_path / "out.png", ["a red cube on top of a blue sphere", "two dogs"]
+    # a bare bool flag before a prompt does not swallow it
     res = run_command(["r1_prompter.py", "--gpt_path", tiny_qwen2, prompts[0], "--max_new_tokens", "8", "--sdmodel_name",
-                       tiny_sd15, prompts[1], "--generate_image", str(png), "--height", "64", "--width", "64",
-                       "--num_inference_steps", "2"])  # fmt: skip
+                       tiny_sd15, "--pipeline_cpu_offload", prompts[1], "--generate_image", str(png), "--height", "64",
+                       "--width", "64", "--num_inference_steps", "2"])  # fmt: skip
     tok, model = AutoTokenizer.from_pretrained(tiny_qwen2), AutoModelForCausalLM.from_pretrained(tiny_qwen2)
     ids = tok.apply_chat_template(r1.build_messages(prompts[0]), add_generation_prompt=True, return_tensors="pt")
     ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
@@ -576,6 +625,30 @@ def test_inference_prompts_anywhere_each_rendered(tiny_qwen2, tiny_sd15, tmp_pat
     for i, ref in enumerate(refs):
         got = Image.open(tmp_path / f"out_{i}.png")
         assert got.size == (64, 64) and list(got.getdata()) == list(ref.getdata())
+
+
+def test_eval_json_is_written_after_every_prompt(tiny_qwen2, tiny_sd15, tiny_scorers, monkeypatch, tmp_path):
+    for k, v in tiny_scorers.env.items():
+        monkeypatch.setenv(k, v)
+    import score
+
+    calls = itertools.count(1)
+
+    class Scorer(score.MultiScorer):
+        def __call__(self, *args):
+            if next(calls) == 2:
+                raise KeyboardInterrupt
+            return super().__call__(*args)
+
+    monkeypatch.setattr(score, "MultiScorer", Scorer)
+    (tmp_path / "p.txt").write_text("a cat in the rain\ntwo dogs\n")
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the second prompt is scored
+        r1.main(["--eval_prompts", str(tmp_path / "p.txt"), "--gpt_path", tiny_qwen2, "--sdmodel_name", tiny_sd15,
+                 "--outdir", str(tmp_path / "ev"), "--n_images", "1", "--image_metrics", "clip", "--height", "64",
+                 "--width", "64", "--num_inference_steps", "2", "--max_new_tokens", "2"])  # fmt: skip
+    data = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert [r["prompt"] for r in data["prompts"]] == ["a cat in the rain"]
+    assert data["means"]["clip"]["original"] == pytest.approx(data["prompts"][0]["original"]["clip"][0])
 
 
 def test_eval_renders_the_reprompt(tiny_qwen2, tiny_sd15, tiny_scorers, monkeypatch, tmp_path, capsys):
@@ -648,6 +721,8 @@ BAD = {  # case -> (argv, expected message); {qwen} {sd} {tmp} {prompts} filled 
     "gpt_missing": (["--gpt_path", "/no/such/model", "--data", "{prompts}", "--sdmodel_name", "{sd}"], "--gpt_path: no such folder: /no/such/model"),
     "gpt_not_model": (["--gpt_path", "{tmp}", "--data", "{prompts}", "--sdmodel_name", "{sd}"], "is not a model folder"),
     "infer_prompt_after_option": (["--gpt_path", "./no/such", "a prompt"], "--gpt_path: no such folder: ./no/such"),
+    "infer_prompt_after_bool_flag": (["--gpt_path", "./nope", "--pipeline_cpu_offload", "a cat"], "--gpt_path: no such folder: ./nope"),
+    "gpt_lora_adapter": (["--gpt_path", "{tmp}/adapter", "--data", "{prompts}", "--sdmodel_name", "{sd}"], "is a LoRA adapter: merge it first"),
     "infer_bad_flag": (["--gpt_path", "{qwen}", "a cat", "--max_new_token", "3"], "unrecognised arguments: --max_new_token"),
     "infer_max_new_tokens": (["a cat", "--gpt_path", "{qwen}", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
     "infer_sd_missing": (["a cat", "--gpt_path", "{qwen}", "--generate_image", "{tmp}/o.png", "--sdmodel_name", "./nope"], "no such folder: ./nope"),
@@ -658,18 +733,24 @@ BAD = {  # case -> (argv, expected message); {qwen} {sd} {tmp} {prompts} filled 
     "metric": (["--image_metrics", "imagereward,nope"], "unknown metric 'nope'"),
     "data_missing": (["--data", "{tmp}/nope.txt"], "data file not found"),
     "data_empty": (["--data", "{tmp}/empty.txt"], "no prompts in"),
-    "data_json_syntax": (["--data", "{tmp}/bad.json"], "bad.json: line 1 column 10: invalid JSON"),
+    "data_json_syntax": (["--data", "{tmp}/bad.json"], "bad.json: record 1 (line 1 column 10): invalid JSON"),
     "data_record": (["--data", "{tmp}/bad.jsonl"], "bad.jsonl: record 2: expected a string prompt"),
     "judge_key": (["--judge_model", "gpt-4o"], "OPENAI_API_KEY"),
     "not_t2i": (["--sdmodel_name", "{tmp}/img2img"], "is a StableDiffusionImg2ImgPipeline, not a text-to-image pipeline"),
     "stage": (["--stage", "rl"], "unknown --stage 'rl'"),
     "sft_record": (["--stage", "sft", "--data", "{tmp}/bad_sft.jsonl"], "bad_sft.jsonl: record 1: completion fails the format or length reward"),
     "teacher": (["--make_sft_data", "{tmp}/o.jsonl", "--data", "{prompts}"], "--make_sft_data needs --teacher_model"),
+    "teacher_samples": (["--make_sft_data", "{tmp}/o.jsonl", "--data", "{prompts}", "--teacher_model", "t", "--teacher_samples", "0"], "--teacher_samples must be >= 1"),
+    "sft_data_exists": (["--make_sft_data", "{tmp}/empty.txt", "--data", "{prompts}", "--teacher_model", "t"], "empty.txt exists: choose a new file"),
+    "sft_one_step_in_warmup": (["--stage", "sft", "--data", "{tmp}/one_sft.jsonl"], "1 records make 1 optimizer step(s), 1 of them warmup"),
+    "grpo_no_whole_batch": (["--data", "{tmp}/one.txt"], "1 prompts make 0 optimizer step(s)"),
     "vllm": (["--use_vllm", "true"], "--use_vllm needs vLLM"),
     "quant_no_peft": (["--load_in_4bit", "true"], "add --use_peft true"),
     "generations": (["--num_generations", "3"], "num_generations"),
     "config_missing": (["--config", "{tmp}/nope.yaml"], "nope.yaml"),
     "infer_config_missing": (["a cat", "--gpt_path", "{qwen}", "--config", "{tmp}/nope.yaml"], "nope.yaml"),
+    "config_bad_yaml": (["--config", "{tmp}/bad.yaml"], "bad.yaml, line 2: invalid YAML: mapping values are not allowed here"),
+    "infer_config_bad_yaml": (["a cat", "--gpt_path", "{qwen}", "--config", "{tmp}/bad.yaml"], "bad.yaml, line 2: invalid YAML"),
 }  # fmt: skip
 
 
@@ -680,6 +761,11 @@ def test_bad_input_one_line_before_weights(case, tiny_qwen2, tiny_sd15, tmp_path
     (tmp_path / "bad.json").write_text('["a cat" "two dogs"]')
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
     (tmp_path / "bad_sft.jsonl").write_text(json.dumps({"prompt": "a", "completion": "<answer>a cat</answer>"}) + "\n")
+    (tmp_path / "one_sft.jsonl").write_text(json.dumps({"prompt": "a", "completion": TEACHER.format("red")}) + "\n")
+    (tmp_path / "one.txt").write_text("a cat\n")
+    (tmp_path / "bad.yaml").write_text("learning_rate: 1\n bf16: [\n")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     shutil.copytree(tiny_sd15, tmp_path / "img2img")
     index = json.loads((tmp_path / "img2img" / "model_index.json").read_text())
     (tmp_path / "img2img" / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionImg2ImgPipeline"}))  # fmt: skip
@@ -694,6 +780,18 @@ def test_bad_input_one_line_before_weights(case, tiny_qwen2, tiny_sd15, tmp_path
         r1.main([a.format(**fill) for a in argv])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+
+
+def test_error_printed_by_the_main_process_only(monkeypatch, capsys, no_weights):
+    """Under a launcher every rank validates and exits 2; only rank 0 (RANK, set by torchrun) prints the line."""
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exc:
+            r1.main(["--gpt_path", "/no/such/model", "--data", PROMPTS])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err == (
+            "error: --gpt_path: no such folder: /no/such/model\n" if printed else ""
+        )
 
 
 def test_bad_input_subprocess():
