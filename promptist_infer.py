@@ -49,6 +49,7 @@ The optimised prompts go to stdout (one line per prompt, printed before any imag
 import gc
 import json
 import logging
+import re
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -164,16 +165,10 @@ def read_json_list(path: Path) -> list:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        depth, record, in_str, esc = 0, 1, False, False
-        for ch in text[: e.pos]:  # count the top-level commas before the error, skipping strings
-            if in_str:
-                esc, in_str = (False, True) if esc else (ch == "\\", ch != '"')
-            elif ch == '"':
-                in_str = True
-            elif ch in "[{]}":
-                depth += 1 if ch in "[{" else -1
-            elif ch == "," and depth == 1:
-                record += 1
+        head, depth, record = re.sub(r'"(?:[^"\\]|\\.)*"?', '""', text[: e.pos]), 0, 1  # strings emptied
+        for ch in head:  # the record = 1 + the top-level commas before the error
+            depth += (ch in "[{") - (ch in "]}")
+            record += ch == "," and depth == 1
         raise ValueError(f"{path}: record {record}: {e.msg} (line {e.lineno}, column {e.colno})") from None
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON list")

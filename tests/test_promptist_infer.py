@@ -366,6 +366,7 @@ BAD_FILES = {
     "latin1.txt": "caf\xe9".encode("latin-1"),
     "syntax.json": b'[\n  "a cat",\n  "a dog",\n  "a bird" "a fish"\n]',
     "number.json": b'["a cat", 3]',
+    "strings.json": b'["a cat, [1]", "say \\"hi, {there\\"", "a dog" "a fish"]',  # , [ { and \" inside strings
     "pairs_syntax.json": b'[{"original": "a", "optimized": "b"}, {"original": "c", "optimized": "d"}, {"original": }]',
     "pairs_key.json": b'[{"original": "a", "optimized": "b"}, {"original": "c"}]',
     "pairs_dict.json": b'{"original": "a", "optimized": "b"}',
@@ -401,6 +402,7 @@ BAD = [  # (argv, message); {t} is a folder holding BAD_FILES
     (["--prompt_file", "{t}/latin1.txt"], "latin1.txt: not UTF-8 text (byte 3)"),
     (["--prompt_file", "{t}/syntax.json"], "syntax.json: record 3: Expecting ',' delimiter (line 4, column 12)"),
     (["--prompt_file", "{t}/number.json"], "number.json: record 2: expected a non-empty string, got 3"),
+    (["--prompt_file", "{t}/strings.json"], "strings.json: record 3: Expecting ',' delimiter (line 1, column 46)"),
     (["--from_json", "/no/such.json", "--generate_images"], "pairs JSON not found: /no/such.json"),
     (["--from_json", "{t}/pairs_syntax.json", "--generate_images"], "pairs_syntax.json: record 3: Expecting value"),
     (
