@@ -91,13 +91,7 @@ def gpu_check(tiny: bool = False) -> dict:
         return x / 2**30 if cuda else None
 
     def model(name):  # random weights, built on the device in the script's dtype
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                return memory.build(name, archs).eval().requires_grad_(False)
-        finally:
-            torch.set_default_dtype(previous)
+        return memory.build_on(name, device, dtype, archs)
 
     # models: SD1.5 as epd_ppo.load_pipeline leaves it (fp16, frozen, eval), without a folder on disk
     t = time.perf_counter()

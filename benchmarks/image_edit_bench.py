@@ -216,13 +216,7 @@ def gpu_check(tiny: bool = False, gen_tokens: int = 64) -> dict:
     archs = {**archs, "qwen2.5-vl-7b": (model_cls, config_cls, kw)}
 
     def build(name):  # random weights, built on the device in the script's dtype (no fp32 copy first)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                return memory.build(name, archs).eval().requires_grad_(False)
-        finally:
-            torch.set_default_dtype(previous)
+        return memory.build_on(name, device, dtype, archs)
 
     res = {"device": torch.cuda.get_device_name() if cuda else "cpu (tiny configs)", "tiny": tiny}
     fresh()

@@ -137,6 +137,26 @@ def build(name: str, archs: dict = ARCHS):
     return load(model_cls)(load(config_cls)(**kwargs)) if config_cls else load(model_cls)(**kwargs)
 
 
+def build_on(name: str, device, dtype, archs: dict = ARCHS):
+    """Random weights built directly on `device` in `dtype` (no fp32 copy of a 20 B model on the way), frozen, eval
+    mode; the modules diffusers' from_pretrained(dtype=...) keeps in fp32 (`_keep_in_fp32_modules`) are fp32 again."""
+    import diffusers
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = build(name, archs)
+    finally:
+        torch.set_default_dtype(previous)
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if isinstance(model, diffusers.ModelMixin) else ()
+    for pname, p in model.named_parameters():
+        if keep & set(pname.split(".")):
+            p.data = p.data.float()
+    return model.eval().requires_grad_(False)
+
+
 @functools.cache
 def params(name: str) -> int:
     """Parameter count of a real architecture, built on the meta device (no memory, no weights)."""

@@ -170,13 +170,7 @@ def gpu_check(tiny: bool = False, n: int = 16, steps: int = 4, new_tokens: int =
         return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     def model(name):  # random weights, built on the device in the script's dtype
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                return memory.build(name, archs).eval().requires_grad_(False)
-        finally:
-            torch.set_default_dtype(previous)
+        return memory.build_on(name, device, dtype, archs)
 
     res = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (tiny configs)", "tiny": tiny}
     px = 64 if tiny else 512

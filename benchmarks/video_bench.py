@@ -120,7 +120,6 @@ def gpu_check(tiny: bool = False, n_videos: int = 4, steps: int = 4) -> dict:
     import gc
 
     import conftest
-    import diffusers
     import memory
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
@@ -140,19 +139,7 @@ def gpu_check(tiny: bool = False, n_videos: int = 4, steps: int = 4) -> dict:
 
     def model(name, component):  # random weights, built on the device in the dtype the script loads it with
         dtype = dtypes.get(component, dtypes["default"]) if isinstance(dtypes, dict) else dtypes
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                m = memory.build(name, archs).eval().requires_grad_(False)
-        finally:
-            torch.set_default_dtype(previous)
-        if isinstance(m, diffusers.ModelMixin):  # as diffusers' from_pretrained(dtype=...) loads it: these stay fp32
-            keep = set(m._keep_in_fp32_modules or ())
-            for pname, p in m.named_parameters():
-                if keep & set(pname.split(".")):
-                    p.data = p.data.float()
-        return m
+        return memory.build_on(name, device, dtype, archs)
 
     pipe = WanPipeline(  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers: scheduler_config.json = these + UniPC's defaults
         tokenizer=conftest.make_t5_tokenizer(), text_encoder=model("umt5-xxl", "text_encoder"),
