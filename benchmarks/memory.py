@@ -150,7 +150,9 @@ def build_on(name: str, device, dtype, archs: dict = ARCHS):
             model = build(name, archs)
     finally:
         torch.set_default_dtype(previous)
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if isinstance(model, diffusers.ModelMixin) else ()
+    keep = (
+        set(getattr(model, "_keep_in_fp32_modules", None) or ()) if isinstance(model, diffusers.ModelMixin) else set()
+    )
     for pname, p in model.named_parameters():
         if keep & set(pname.split(".")):
             p.data = p.data.float()
