@@ -11,6 +11,7 @@ server), measured side by side in one process: one GRPO step of 8 completions of
     python benchmarks/image_edit_bench.py
     python benchmarks/image_edit_bench.py --gpu_check          # CUDA: the real architectures, random weights (below)
     python benchmarks/image_edit_bench.py --gpu_check --tiny   # the same code on gpu_check.TINY's twins (CPU)
+    python benchmarks/image_edit_bench.py --memory             # computed per-GPU memory of the recipe (memory.py)
 Run from the repo root. Widths are tiny, so absolute times say little about a GPU; ratios and token counts are the point.
 
 GPU check (issue 17, `gpu_check()`): does one GRPO step of recipes/image_edit_qwen7b.yaml fit one 80 GB GPU? The real
@@ -384,7 +385,12 @@ def cli(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu_check", action="store_true", help="real architectures on CUDA (see the docstring)")
     parser.add_argument("--tiny", action="store_true", help="with --gpu_check: tiny configs on the CPU")
+    parser.add_argument("--memory", action="store_true", help="computed per-GPU memory of the recipe (memory.py)")
     args = parser.parse_args(argv)
+    if args.memory:  # parameters counted on the meta device from the real configs, activations estimated
+        import memory
+
+        return memory.main(["--recipe", str(REPO / "recipes" / "image_edit_qwen7b.yaml")])
     if args.gpu_check:
         if not args.tiny and not torch.cuda.is_available():
             print("error: --gpu_check needs CUDA (add --tiny for the CPU dry run)", file=sys.stderr)
