@@ -75,6 +75,22 @@ def launch(script: str, *args, num_processes: int = 1) -> list[str]:
     return ["accelerate", "launch", *head, *common, script, *map(str, args)]
 
 
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Bad input must be rejected before anything loads: any from_pretrained of a model, pipeline or adapter fails the
+    test. Returns the refusing function, for tests that guard more loaders."""
+    import diffusers
+    import peft
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights loaded")
+
+    for cls in (transformers.PreTrainedModel, diffusers.DiffusionPipeline, diffusers.ModelMixin, peft.PeftModel):
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
+    return refuse
+
+
 ########################
 # tokenizers (testing.md §2: a small byte-level BPE fed to the real transformers classes)
 ########################

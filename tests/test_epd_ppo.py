@@ -562,18 +562,6 @@ def test_ppo_on_tiny_sd3_writes_a_table_that_sample_reproduces(tiny_sd3, tiny_sc
 ########################
 # Bad inputs (issue 14): one `error:` line, exit 2, before any weights load
 ########################
-@pytest.fixture
-def no_weights(monkeypatch):
-    import diffusers
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights loaded")
-
-    for cls in (transformers.PreTrainedModel, diffusers.DiffusionPipeline, diffusers.ModelMixin):
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
-
-
 BAD = {  # name -> (extra argv, expected message part); {model} = the tiny SD1.5 folder, {tmp} = a scratch folder
     "num_steps": (["--num_steps", "1"], "--num_steps must be >= 2"),
     "num_points": (["--num_points", "0"], "--num_points must be >= 1"),

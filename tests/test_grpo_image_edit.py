@@ -375,19 +375,6 @@ def test_two_processes_split_renders_share_seeds_sum_counts_and_resume(tiny_qwen
 ########################
 # CLI: routing, help, defaults, one-line errors before any weights (issue 14)
 ########################
-@pytest.fixture
-def no_weights(monkeypatch):
-    import diffusers
-    import peft
-    import transformers
-
-    def refuse(*a, **k):
-        raise AssertionError("weights loaded")
-
-    for cls in (transformers.PreTrainedModel, diffusers.DiffusionPipeline, diffusers.ModelMixin, peft.PeftModel):
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
-
-
 def test_positional_instruction_anywhere_and_training_defaults(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(G, "infer", lambda args, model_args, instruction: seen.append((args, model_args, instruction)))

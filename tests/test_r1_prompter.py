@@ -703,20 +703,6 @@ def test_help_lists_own_flags_first_grouped(capsys):
     )
 
 
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Any from_pretrained of weights fails the test (the checks must run before loading)."""
-    import diffusers
-    import peft
-    import transformers
-
-    def guard(*args, **kwargs):
-        raise AssertionError("weights loaded")
-
-    for cls in (transformers.PreTrainedModel, diffusers.DiffusionPipeline, diffusers.ModelMixin, peft.PeftModel):
-        monkeypatch.setattr(cls, "from_pretrained", guard)
-
-
 BAD = {  # case -> (argv, expected message); {qwen} {sd} {tmp} {prompts} filled in
     "gpt_missing": (["--gpt_path", "/no/such/model", "--data", "{prompts}", "--sdmodel_name", "{sd}"], "--gpt_path: no such folder: /no/such/model"),
     "gpt_not_model": (["--gpt_path", "{tmp}", "--data", "{prompts}", "--sdmodel_name", "{sd}"], "is not a model folder"),

@@ -350,18 +350,11 @@ def test_cli_prompt_formats(tiny_scorers, image_dir, tmp_path, monkeypatch, suff
 
 
 @pytest.fixture
-def no_weights(monkeypatch):
-    """Any model load fails the test: bad input must be rejected before weights are read."""
-    import diffusers
-    import transformers
-
-    def guard(*args, **kwargs):
-        raise AssertionError("weights loaded")
-
-    for owner in (transformers.PreTrainedModel, diffusers.DiffusionPipeline, diffusers.ModelMixin):
-        monkeypatch.setattr(owner, "from_pretrained", classmethod(guard))
-    monkeypatch.setattr(open_clip, "create_model", guard)
-    monkeypatch.setattr(score.Scorer, "load", guard)
+def no_weights(no_weights, monkeypatch):
+    """conftest's guard, plus open_clip and every scorer's own loader."""
+    monkeypatch.setattr(open_clip, "create_model", no_weights)
+    monkeypatch.setattr(score.Scorer, "load", no_weights)
+    return no_weights
 
 
 BAD_INPUTS = {  # case: (argv changes, message)

@@ -50,20 +50,6 @@ def sft_adapter(qwen25, tmp_path_factory):
 
 
 @pytest.fixture
-def no_weights(monkeypatch):
-    """Any from_pretrained of weights fails the test: bad input must be rejected before loading."""
-    import diffusers
-    import peft
-    import transformers
-
-    def boom(*args, **kwargs):
-        raise AssertionError("weights loaded")
-
-    for cls in (transformers.PreTrainedModel, diffusers.DiffusionPipeline, diffusers.ModelMixin, peft.PeftModel):
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(boom))
-
-
-@pytest.fixture
 def scorer_env(tiny_scorers, monkeypatch):
     for k, v in {**tiny_scorers.env, "OPENAI_API_KEY": "test"}.items():
         monkeypatch.setenv(k, v)
